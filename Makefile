@@ -1,0 +1,37 @@
+# Every target bootstraps .venv itself when it is missing or older than pyproject.toml.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: test lint unit fast bench venv clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## make test: ruff, then the whole test suite (GPU tests skip themselves without a GPU)
+test: lint unit
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+unit: $(STAMP)
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+## make fast: the suite without slow tests
+fast: $(STAMP)
+	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
+
+## make bench: the benchmarks (figures printed as ratios against a same-run baseline)
+bench: $(STAMP)
+	$(BIN)/python benchmarks/cost_model.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,249 @@
+"""The arithmetic cost model: MACs, FLOPs, LW-DNA FLOPs and params of any width vector, from one traced pass.
+
+Every conv and linear costs coef * w_out * w_in (depthwise: coef * w), every BN/ReLU output element is
+coef * w, and every parameter tensor is a product of group widths and constants -- so after one trace of
+the base model, the cost of any width vector is a dot product over a few hundred terms.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from widthtune.models.space import ChannelSpace
+from widthtune.models.surgery import is_depthwise
+from widthtune.models.widths import Widths
+
+Convention = Literal["macs", "flops", "lwdna", "params"]
+CONVENTIONS: tuple[str, ...] = ("macs", "flops", "lwdna", "params")
+NORMS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
+
+
+@dataclass(frozen=True)
+class Terms:
+    """A sum of coef * w[a] * w[b]; index len(space) stands for the constant 1."""
+
+    coef: np.ndarray
+    a: np.ndarray
+    b: np.ndarray
+
+    @classmethod
+    def of(cls, rows: list[tuple[float, int, int]]) -> Terms:
+        """Pack (coef, a, b) rows into arrays."""
+        if not rows:
+            return cls(np.zeros(0), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
+        coef, a, b = zip(*rows, strict=True)
+        return cls(
+            np.asarray(coef, dtype=np.float64), np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)
+        )
+
+    def evaluate(self, extended: np.ndarray) -> np.ndarray:
+        """Cost for one width vector, or a batch of them (last axis: groups + the constant)."""
+        return (self.coef * extended[..., self.a] * extended[..., self.b]).sum(axis=-1)
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Every convention's figure for one width vector."""
+
+    macs: int
+    flops: int
+    lwdna: int
+    params: int
+
+    def __getitem__(self, convention: str) -> int:
+        if convention not in CONVENTIONS:
+            raise KeyError(f"unknown cost convention {convention!r}; choose one of: {', '.join(CONVENTIONS)}")
+        return getattr(self, convention)
+
+    def as_dict(self) -> dict[str, int]:
+        """For JSON and result rows."""
+        return {name: getattr(self, name) for name in CONVENTIONS}
+
+
+class _ChannelLabels(TorchFunctionMode):
+    """Tags tensors with the group of their channels and carries tags through shape-keeping ops (adds, ReLU)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.labels: dict[int, int] = {}
+        self._alive: list[torch.Tensor] = []  # keeps ids unique for the trace's lifetime
+
+    def tag(self, tensor: torch.Tensor, group: int) -> None:
+        self.labels[id(tensor)] = group
+        self._alive.append(tensor)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
+        out = func(*args, **(kwargs or {}))
+        if isinstance(out, torch.Tensor) and id(out) not in self.labels:
+            for arg in args:
+                if isinstance(arg, torch.Tensor) and arg.shape == out.shape and id(arg) in self.labels:
+                    self.tag(out, self.labels[id(arg)])
+                    break
+        return out
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Cost of any width vector of one model, exact against FlopCounterMode and parameters()."""
+
+    space: ChannelSpace
+    macs_terms: Terms
+    activation_terms: Terms  # the LW-DNA extras: 2 per BN output element, 1 per ReLU output element
+    params_terms: Terms
+
+    @classmethod
+    def from_spec(cls, spec: object) -> CostModel:
+        """Trace the base model a spec names once."""
+        from widthtune.models.registry import channel_space, input_shape, materialize
+
+        return cls.trace(materialize(spec), channel_space(spec), torch.zeros(input_shape(spec)))
+
+    @classmethod
+    def trace(cls, model: nn.Module, space: ChannelSpace, example: torch.Tensor) -> CostModel:
+        """Record each layer's spatial size in one forward pass of the base model and express its cost in groups."""
+        owners = space.member_groups()
+        const = len(space)
+        base = [group.base for group in space]
+        labels = _ChannelLabels()
+        macs: list[tuple[float, int, int]] = []
+        acts: list[tuple[float, int, int]] = []
+        paths = {module: path for path, module in model.named_modules()}
+
+        def factor(path: str, kind: str, channels: int) -> tuple[int, float]:
+            """(index, multiplier) of a channel count: a group's width, or a fixed count."""
+            group = owners.get((path, kind))
+            return (const, float(channels)) if group is None else (group, channels / base[group])
+
+        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            path = paths[module]
+            batch = output.shape[0]
+            if isinstance(module, nn.Conv2d):
+                spatial = output.shape[2] * output.shape[3]
+                kernel = module.kernel_size[0] * module.kernel_size[1]
+                if is_depthwise(module):
+                    group, scale = factor(path, "out", module.out_channels)
+                    if group == const:
+                        group, scale = factor(path, "in", module.in_channels)
+                    macs.append((kernel * spatial * scale, group, const))
+                else:
+                    out, out_scale = factor(path, "out", module.out_channels)
+                    inp, in_scale = factor(path, "in", module.in_channels)
+                    macs.append((kernel * spatial * out_scale * in_scale / module.groups, out, inp))
+            elif isinstance(module, nn.Linear):
+                tokens = output.numel() // (batch * module.out_features)
+                out, out_scale = factor(path, "out", module.out_features)
+                inp, in_scale = factor(path, "in", module.in_features)
+                macs.append((tokens * out_scale * in_scale, out, inp))
+            elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+                group, scale = factor(path, "out", module.num_features)
+                acts.append((2 * output.numel() / batch * scale / module.num_features, group, const))
+            elif isinstance(module, nn.ReLU | nn.ReLU6):
+                group = labels.labels.get(id(inputs[0]))
+                if group is None:
+                    acts.append((output.numel() / batch, const, const))
+                else:
+                    acts.append((output.numel() / batch / base[group], group, const))
+            group = owners.get((path, "out"))
+            if group is not None:
+                labels.tag(output, group)
+
+        watched = (nn.Conv2d, nn.Linear, nn.ReLU, nn.ReLU6, *NORMS)
+        hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, watched)]
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad(), labels:
+                model(example)
+        finally:
+            for h in hooks:
+                h.remove()
+            model.train(was_training)
+        return cls(space, Terms.of(macs), Terms.of(acts), Terms.of(_parameter_terms(model, space)))
+
+    def extended(self, widths: Widths | Mapping[str, int] | np.ndarray) -> np.ndarray:
+        """Width values in group order with the trailing constant 1."""
+        if isinstance(widths, np.ndarray):
+            values = widths.astype(np.float64)
+        elif isinstance(widths, Widths):
+            values = np.asarray(widths.values, dtype=np.float64)
+        else:
+            values = np.asarray([widths[name] for name in self.space.names], dtype=np.float64)
+        ones = np.ones((*values.shape[:-1], 1))
+        return np.concatenate([values, ones], axis=-1)
+
+    def evaluate(self, widths: Widths | Mapping[str, int]) -> Cost:
+        """Every convention at once."""
+        ext = self.extended(widths)
+        macs = round(float(self.macs_terms.evaluate(ext)))
+        lwdna = round(float(self.macs_terms.evaluate(ext) + self.activation_terms.evaluate(ext)))
+        return Cost(
+            macs=macs, flops=2 * macs, lwdna=lwdna, params=round(float(self.params_terms.evaluate(ext)))
+        )
+
+    def cost(self, widths: Widths | Mapping[str, int] | np.ndarray, convention: str = "macs") -> float:
+        """One convention's figure; also takes a (batch, groups) array of raw width values."""
+        ext = self.extended(widths)
+        if convention == "macs":
+            return self.macs_terms.evaluate(ext)
+        if convention == "flops":
+            return 2 * self.macs_terms.evaluate(ext)
+        if convention == "lwdna":
+            return self.macs_terms.evaluate(ext) + self.activation_terms.evaluate(ext)
+        if convention == "params":
+            return self.params_terms.evaluate(ext)
+        raise ValueError(f"cost convention {convention!r} is not one of: {', '.join(CONVENTIONS)}")
+
+    def base(self) -> Cost:
+        """The base model's cost."""
+        return self.evaluate(Widths.base(self.space))
+
+
+def _parameter_terms(model: nn.Module, space: ChannelSpace) -> list[tuple[float, int, int]]:
+    """Each parameter tensor's size as coef * w[a] * w[b] (conv/linear weights are bilinear, the rest linear)."""
+    owners = space.member_groups()
+    const = len(space)
+    base = [group.base for group in space]
+    raw_members = {(m.path, m.dim): i for i, g in enumerate(space) for m in g.members if m.kind == "param"}
+    rows: list[tuple[float, int, int]] = []
+
+    def factor(path: str, kind: str, channels: int) -> tuple[int, float]:
+        group = owners.get((path, kind))
+        return (const, float(channels)) if group is None else (group, channels / base[group])
+
+    for path, module in model.named_modules():
+        for name, param in module.named_parameters(recurse=False):
+            full = f"{path}.{name}" if path else name
+            raw = [
+                (dim, raw_members[(full, dim)]) for dim in range(param.dim()) if (full, dim) in raw_members
+            ]
+            if raw:
+                dim, group = raw[0]
+                rows.append((param.numel() / param.shape[dim] * param.shape[dim] / base[group], group, const))
+            elif isinstance(module, nn.Conv2d) and name == "weight":
+                kernel = param.shape[2] * param.shape[3]
+                if is_depthwise(module):
+                    group, scale = factor(path, "out", module.out_channels)
+                    rows.append((kernel * scale, group, const))
+                else:
+                    out, out_scale = factor(path, "out", module.out_channels)
+                    inp, in_scale = factor(path, "in", module.in_channels)
+                    rows.append((kernel * out_scale * in_scale / module.groups, out, inp))
+            elif isinstance(module, nn.Linear) and name == "weight":
+                out, out_scale = factor(path, "out", module.out_features)
+                inp, in_scale = factor(path, "in", module.in_features)
+                rows.append((out_scale * in_scale, out, inp))
+            elif isinstance(
+                module, (nn.Conv2d, nn.Linear, *NORMS)
+            ):  # biases and norm affines follow the output
+                group, scale = factor(path, "out", param.shape[0])
+                rows.append((scale, group, const))
+            else:
+                rows.append((float(param.numel()), const, const))
+    return rows
