@@ -51,3 +51,21 @@ def test_resized_layers_keep_the_base_initialisation_statistics():
     assert ratio == pytest.approx(2**-0.5, rel=0.05)
     assert torch.all(wide.layer2[0].bn1.weight == 1) and torch.all(wide.layer2[0].bn1.bias == 0)
     assert wide.layer2[0].bn1.running_var.shape == (256,)
+
+
+def test_generic_base_model_keeps_the_factory_initialisation():
+    import torchvision
+
+    spec = "torchvision:resnet18,resolution=32,num_classes=10"
+    torch.manual_seed(5)
+    reference = torchvision.models.resnet18(num_classes=10)
+    ours = materialize(spec, seed=5)
+    assert torch.equal(ours.fc.weight, reference.fc.weight)  # default uniform init, untouched at the base
+    assert torch.equal(ours.layer3[1].conv2.weight, reference.layer3[1].conv2.weight)
+
+
+def test_generic_model_that_cannot_run_on_its_input_is_a_spec_error():
+    from widthtune.models import SpecError, channel_space
+
+    with pytest.raises(SpecError, match="does not run on input"):
+        channel_space("torchvision:resnet18,in_channels=1,resolution=32")

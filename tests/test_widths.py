@@ -80,3 +80,11 @@ def test_loading_rejects_wrong_files(space, tmp_path):
     assert load_widths(tmp_path / "plain.json", SPEC).widths == Widths.base(space)
     with pytest.raises(WidthsError, match="name the model"):
         load_widths(tmp_path / "plain.json")
+
+
+def test_numpy_numbers_are_accepted(space):
+    import numpy as np
+
+    mapping = {name: np.int64(w) for name, w in Widths.base(space).as_dict().items()}
+    widths = Widths.from_mapping(space, mapping)
+    assert widths == Widths.base(space) and all(type(v) is int for v in widths.values)

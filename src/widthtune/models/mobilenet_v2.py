@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from widthtune.models.initialization import kaiming_init
 from widthtune.models.space import ChannelGroup, ChannelSpace, Member
 
 DEFAULTS: dict[str, Any] = {
@@ -204,15 +205,7 @@ class MobileNetV2(nn.Module):
         self.classifier = nn.Sequential(
             nn.Dropout(options["dropout"]), nn.Linear(widths["head"], options["num_classes"])
         )
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out")
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, 0, 0.01)
-                nn.init.zeros_(module.bias)
+        kaiming_init(self, linear_std=0.01)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.pool(self.features(x)), 1))

@@ -80,6 +80,12 @@ def _generic_family(
             )
         except UnsupportedModelError as error:
             raise SpecError(f"{name}:{options['__target__']}: {error}") from None
+        except RuntimeError as error:  # the model cannot run on the declared input
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise SpecError(
+                f"{name}:{options['__target__']} does not run on input {tuple(example.shape)} "
+                f"(set resolution / in_channels to what it takes): {first}"
+            ) from None
 
     def build(options: Mapping[str, Any], widths: Mapping[str, int]) -> nn.Module:
         return resize(base_model(options), _cached_space(options), widths)

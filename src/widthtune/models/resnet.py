@@ -8,6 +8,7 @@ from typing import Any
 from torch import nn
 from torchvision.models import resnet as tv_resnet
 
+from widthtune.models.initialization import kaiming_init
 from widthtune.models.residual import residual_space
 from widthtune.models.space import ChannelSpace
 from widthtune.models.surgery import resize
@@ -82,14 +83,7 @@ def channel_space(options: Mapping[str, Any]) -> ChannelSpace:
 
 def init_weights(model: nn.Module, zero_init_residual: bool) -> None:
     """torchvision's ResNet initialisation, re-applied after surgery so every resized layer is drawn alike."""
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(module, nn.BatchNorm2d):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Linear):
-            module.reset_parameters()
+    kaiming_init(model)
     if zero_init_residual:
         for module in model.modules():
             if isinstance(module, tv_resnet.Bottleneck):

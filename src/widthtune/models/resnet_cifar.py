@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from widthtune.models.initialization import kaiming_init
 from widthtune.models.residual import residual_space
 from widthtune.models.space import ChannelSpace
 from widthtune.models.widths import scaled_width
@@ -130,22 +131,12 @@ class ResNetCifar(nn.Module):
             self.add_module(f"layer{s}", nn.Sequential(*blocks))
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(in_ch, options["num_classes"])
-        init_weights(self)
+        kaiming_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(self.bn1(self.conv1(x)))
         x = self.layer3(self.layer2(self.layer1(x)))
         return self.fc(torch.flatten(self.pool(x), 1))
-
-
-def init_weights(model: nn.Module) -> None:
-    """Kaiming-normal (fan-out) convs, unit BN, default linear -- the usual CIFAR ResNet recipe."""
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(module, nn.BatchNorm2d):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
 
 
 def build(options: Mapping[str, Any], widths: Mapping[str, int]) -> nn.Module:

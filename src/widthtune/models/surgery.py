@@ -81,6 +81,24 @@ def _resize_norm(norm: nn.Module, width: int) -> None:
             setattr(norm, name, _new_parameter(param, (width,)))
 
 
+def _already_sized(module: nn.Module | None, size: dict[str, int], in_factor: int) -> bool:
+    if isinstance(module, nn.Conv2d):
+        return (
+            size.get("out", module.out_channels) == module.out_channels
+            and size.get("in", module.in_channels) == module.in_channels
+        )
+    if isinstance(module, nn.Linear):
+        inp = size["in"] * in_factor if "in" in size else module.in_features
+        return size.get("out", module.out_features) == module.out_features and inp == module.in_features
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return module.num_features == size.get("out", size.get("in"))
+    if isinstance(module, nn.LayerNorm):
+        return tuple(module.normalized_shape) == (size.get("out", size.get("in")),)
+    if isinstance(module, nn.GroupNorm):
+        return module.num_channels == size.get("out", size.get("in"))
+    return False
+
+
 def resize(model: nn.Module, space: ChannelSpace, widths: Mapping[str, int]) -> nn.Module:
     """Resize `model` in place to `widths` (smaller or larger than its own); returns it for chaining."""
     modules = dict(model.named_modules())
@@ -99,6 +117,8 @@ def resize(model: nn.Module, space: ChannelSpace, widths: Mapping[str, int]) -> 
                 in_factor[member.path] = module.in_features // group.base
     for path, size in sizes.items():
         module = modules.get(path)
+        if _already_sized(module, size, in_factor.get(path, 1)):
+            continue  # keeps the factory's own initialisation where nothing changes
         if isinstance(module, nn.Conv2d):
             _resize_conv(module, size.get("out"), size.get("in"))
         elif isinstance(module, nn.Linear):
@@ -115,5 +135,6 @@ def resize(model: nn.Module, space: ChannelSpace, widths: Mapping[str, int]) -> 
         shape = list(old.shape)
         for dim, width in dims.items():
             shape[dim] = width
-        setattr(owner, name, _new_parameter(old, tuple(shape)))
+        if tuple(shape) != tuple(old.shape):
+            setattr(owner, name, _new_parameter(old, tuple(shape)))
     return model

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
@@ -78,8 +79,9 @@ class Widths(Mapping[str, int]):
         values = []
         for group in space:
             raw = mapping[group.name]
-            if isinstance(raw, bool) or not isinstance(raw, int | float):
+            if isinstance(raw, bool) or not isinstance(raw, numbers.Real):
                 raise WidthsError(f"width of group {group.name!r} must be a number, got {raw!r}")
+            raw = float(raw)
             if not math.isfinite(raw) or raw <= 0:
                 raise WidthsError(f"width of group {group.name!r} must be positive, got {raw}")
             if round:
