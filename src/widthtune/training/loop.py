@@ -1,0 +1,301 @@
+"""The training loop: SGD, a per-iteration schedule, evaluation every epoch, hooks for methods and reporting."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from widthtune.training.datasets import DatasetSplits
+from widthtune.training.distill import DistillConfig, distillation_loss
+from widthtune.training.loader import AUGMENTATIONS, DeviceLoader
+
+SCHEDULES = ("constant", "step", "multistep", "cosine")
+
+
+class StopTraining(Exception):
+    """Raised from `on_epoch` to end training cleanly; the history so far is returned."""
+
+
+class NonFiniteLossError(ValueError):
+    """The training loss became NaN or infinite; the platform records the trial as errored with this reason."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training recipe; every field is validated with a message naming it."""
+
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    milestones: tuple[int, ...] = ()
+    step_size: int = 30
+    gamma: float = 0.1
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
+    augment: str = "crop+flip"
+    seed: int = 0
+    device: str = "auto"
+    eval_batch_size: int = 1024
+
+    def __post_init__(self) -> None:
+        checks = [
+            ("epochs", self.epochs, isinstance(self.epochs, int) and self.epochs >= 1, "an integer >= 1"),
+            (
+                "batch_size",
+                self.batch_size,
+                isinstance(self.batch_size, int) and self.batch_size >= 1,
+                "an integer >= 1",
+            ),
+            ("lr", self.lr, self.lr > 0, "a number > 0"),
+            ("momentum", self.momentum, 0 <= self.momentum < 1, "a number in [0, 1)"),
+            ("weight_decay", self.weight_decay, self.weight_decay >= 0, "a number >= 0"),
+            ("schedule", self.schedule, self.schedule in SCHEDULES, f"one of: {', '.join(SCHEDULES)}"),
+            (
+                "milestones",
+                self.milestones,
+                all(isinstance(m, int) and m >= 1 for m in self.milestones),
+                "a list of epochs >= 1",
+            ),
+            (
+                "step_size",
+                self.step_size,
+                isinstance(self.step_size, int) and self.step_size >= 1,
+                "an integer >= 1",
+            ),
+            ("gamma", self.gamma, 0 < self.gamma <= 1, "a number in (0, 1]"),
+            (
+                "warmup_epochs",
+                self.warmup_epochs,
+                0 <= self.warmup_epochs < self.epochs,
+                "a number in [0, epochs)",
+            ),
+            ("label_smoothing", self.label_smoothing, 0 <= self.label_smoothing < 1, "a number in [0, 1)"),
+            ("augment", self.augment, self.augment in AUGMENTATIONS, f"one of: {', '.join(AUGMENTATIONS)}"),
+            (
+                "device",
+                self.device,
+                self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),
+                "auto, cpu, cuda[:N] or mps",
+            ),
+            ("eval_batch_size", self.eval_batch_size, self.eval_batch_size >= 1, "an integer >= 1"),
+        ]
+        for field, value, ok, allowed in checks:
+            if not ok:
+                raise ValueError(f"train.{field}: {value!r} is not allowed; choose {allowed}")
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("train.nesterov: Nesterov momentum needs train.momentum > 0")
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """What an on_step hook is told after each optimizer step."""
+
+    epoch: int
+    step: int
+    lr: float
+    loss: Tensor
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    """One epoch's figures, as reported to Tune and stored in the history table."""
+
+    epoch: int
+    train_loss: float
+    train_acc: float
+    val_loss: float | None
+    val_acc: float | None
+    test_loss: float
+    test_acc: float
+    lr: float
+    seconds: float
+    images_per_second: float
+    images_seen: int
+
+
+@dataclass(frozen=True)
+class History:
+    """Every epoch's record; `stopped_early` when an on_epoch hook ended training."""
+
+    records: tuple[EpochRecord, ...]
+    stopped_early: bool = False
+
+    @property
+    def final(self) -> EpochRecord:
+        """The last epoch trained."""
+        return self.records[-1]
+
+    def best(self, metric: str = "val_acc") -> EpochRecord:
+        """The epoch with the highest value of `metric` (accuracies) or lowest (losses)."""
+        scored = [r for r in self.records if getattr(r, metric) is not None]
+        if not scored:
+            raise ValueError(f"no epoch has a value for {metric!r}")
+        pick = min if metric.endswith("loss") else max
+        return pick(scored, key=lambda r: getattr(r, metric))
+
+
+def learning_rate(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """The learning rate at a global iteration: linear warm-up, then the schedule (evaluated every iteration)."""
+    warmup = round(config.warmup_epochs * steps_per_epoch)
+    if step < warmup:
+        return config.lr * (step + 1) / warmup
+    epoch = step // steps_per_epoch
+    if config.schedule == "step":
+        return config.lr * config.gamma ** (epoch // config.step_size)
+    if config.schedule == "multistep":
+        return config.lr * config.gamma ** sum(epoch >= m for m in config.milestones)
+    if config.schedule == "cosine":
+        total = config.epochs * steps_per_epoch - warmup
+        return config.lr * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total)))
+    return config.lr
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` means the GPU when there is one."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    batch_size: int = 1024,
+    device: torch.device | str = "cpu",
+) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy over a split, in eval mode."""
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    for start in range(0, len(labels), batch_size):
+        x = images[start : start + batch_size].to(device)
+        y = labels[start : start + batch_size].to(device)
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with _autocast(device):
+            logits = model(x).float()
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+        correct += (logits.argmax(1) == y).sum().item()
+    model.train(was_training)
+    return loss_sum / max(1, len(labels)), correct / max(1, len(labels))
+
+
+def train(
+    model: nn.Module,
+    data: DatasetSplits,
+    config: TrainConfig,
+    *,
+    teacher: nn.Module | None = None,
+    distill: DistillConfig | None = None,
+    regularizer: Callable[[nn.Module], Tensor] | None = None,
+    on_step: Callable[[nn.Module, StepInfo], None] | None = None,
+    on_epoch: Callable[[EpochRecord], None] | None = None,
+) -> History:
+    """Train `model` in place on `data`; evaluate every epoch; return the history."""
+    device = resolve_device(config.device)
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    if teacher is not None:
+        teacher.to(device).eval()
+        distill = distill or DistillConfig()
+    decay = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(
+        decay,
+        lr=config.lr,
+        momentum=config.momentum,
+        nesterov=config.nesterov,
+        weight_decay=config.weight_decay,
+    )
+    loader = DeviceLoader(
+        data.train_x,
+        data.train_y,
+        config.batch_size,
+        shuffle=True,
+        augment=config.augment,
+        seed=config.seed,
+        device=device,
+    )
+    records: list[EpochRecord] = []
+    images_seen, step = 0, 0
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        torch.manual_seed(config.seed)
+        for epoch in range(1, config.epochs + 1):
+            model.train()
+            started = time.perf_counter()
+            loss_sum = torch.zeros((), device=device)
+            correct = torch.zeros((), device=device, dtype=torch.long)
+            for x, y in loader:
+                lr = learning_rate(config, step, len(loader))
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                if device.type == "cuda":
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with _autocast(device):
+                    logits = model(x).float()
+                    if teacher is not None:
+                        with torch.no_grad():
+                            target_logits = teacher(x).float()
+                        loss = distillation_loss(logits, target_logits, y, distill, config.label_smoothing)
+                    else:
+                        loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
+                    if regularizer is not None:
+                        loss = loss + regularizer(model)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                if on_step is not None:
+                    on_step(model, StepInfo(epoch, step, lr, loss.detach()))
+                loss_sum += loss.detach() * len(y)
+                correct += (logits.detach().argmax(1) == y).sum()
+                images_seen += len(y)
+                step += 1
+            train_seconds = time.perf_counter() - started
+            count = len(loader.labels)
+            train_loss = loss_sum.item() / count
+            if not math.isfinite(train_loss):
+                raise NonFiniteLossError(f"training loss became {train_loss} in epoch {epoch} (lr {lr:.4g})")
+            val = (
+                evaluate(model, data.val_x, data.val_y, config.eval_batch_size, device)
+                if len(data.val_y)
+                else None
+            )
+            test = evaluate(model, data.test_x, data.test_y, config.eval_batch_size, device)
+            record = EpochRecord(
+                epoch=epoch,
+                train_loss=train_loss,
+                train_acc=correct.item() / count,
+                val_loss=val[0] if val else None,
+                val_acc=val[1] if val else None,
+                test_loss=test[0],
+                test_acc=test[1],
+                lr=lr,
+                seconds=time.perf_counter() - started,
+                images_per_second=count / train_seconds,
+                images_seen=images_seen,
+            )
+            records.append(record)
+            if on_epoch is not None:
+                try:
+                    on_epoch(record)
+                except StopTraining:
+                    return History(tuple(records), stopped_early=True)
+    return History(tuple(records))
