@@ -53,3 +53,11 @@ def test_flip_mirrors_left_right():
 def test_bad_augment_names_the_choices(images):
     with pytest.raises(ValueError, match=r"train\.augment: 'rotate'"):
         DeviceLoader(images, torch.arange(10), 4, augment="rotate")
+
+
+def test_augmented_batches_are_contiguous_nchw():
+    # torch 2.14.1's CPU conv backward corrupts the heap on channels-last batches of some sizes (e.g. 15 images
+    # into an 8-channel stem); the loader must hand out plain NCHW tensors.
+    images = torch.randn(15, 3, 16, 16)
+    x, _ = next(iter(DeviceLoader(images, torch.zeros(15, dtype=torch.long), 15, augment="crop+flip")))
+    assert x.is_contiguous()

@@ -20,7 +20,8 @@ def random_crop(images: Tensor, padding: int, generator: torch.Generator) -> Ten
     rows = (top[:, None] + torch.arange(height, device=images.device))[:, :, None]
     cols = (left[:, None] + torch.arange(width, device=images.device))[:, None, :]
     index = torch.arange(batch, device=images.device)[:, None, None]
-    return padded.permute(0, 2, 3, 1)[index, rows, cols].permute(0, 3, 1, 2)
+    # contiguous: CPU conv backward on this channels-last-strided view corrupts the heap (torch 2.14)
+    return padded.permute(0, 2, 3, 1)[index, rows, cols].permute(0, 3, 1, 2).contiguous()
 
 
 def random_flip(images: Tensor, generator: torch.Generator) -> Tensor:

@@ -210,6 +210,10 @@ def train(
     on_epoch: Callable[[EpochRecord], None] | None = None,
 ) -> History:
     """Train `model` in place on `data`; evaluate every epoch; return the history."""
+    if len(data.train_y) == 0:
+        raise ValueError(
+            f"data: the training split of {data.name!r} is empty; raise data.fraction or lower val_fraction"
+        )
     device = resolve_device(config.device)
     model.to(device)
     if device.type == "cuda":
