@@ -17,6 +17,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from widthtune.models.space import ChannelSpace
+from widthtune.models.spec import ModelSpec
 from widthtune.models.surgery import is_depthwise
 from widthtune.models.widths import Widths
 
@@ -90,6 +91,43 @@ class _ChannelLabels(TorchFunctionMode):
 
 
 @dataclass(frozen=True)
+class _ChannelSource:
+    """Where a layer's channel counts come from: a group's width (index, scale) or a fixed count (the constant)."""
+
+    owners: dict[tuple[str, str], int]
+    base: tuple[int, ...]
+
+    @classmethod
+    def of(cls, space: ChannelSpace) -> _ChannelSource:
+        return cls(space.member_groups(), tuple(group.base for group in space))
+
+    @property
+    def const(self) -> int:
+        return len(self.base)
+
+    def factor(self, path: str, kind: str, channels: int) -> tuple[int, float]:
+        """(index, multiplier): `channels` = multiplier x w[index], with w[const] = 1."""
+        group = self.owners.get((path, kind))
+        return (self.const, float(channels)) if group is None else (group, channels / self.base[group])
+
+    def weight(self, module: nn.Conv2d | nn.Linear, path: str) -> tuple[float, int, int]:
+        """A conv's or linear's weight size as coef * w[a] * w[b] (depthwise: linear in its one group)."""
+        if isinstance(module, nn.Linear):
+            out, out_scale = self.factor(path, "out", module.out_features)
+            inp, in_scale = self.factor(path, "in", module.in_features)
+            return out_scale * in_scale, out, inp
+        kernel = module.kernel_size[0] * module.kernel_size[1]
+        if is_depthwise(module):
+            group, scale = self.factor(path, "out", module.out_channels)
+            if group == self.const:
+                group, scale = self.factor(path, "in", module.in_channels)
+            return kernel * scale, group, self.const
+        out, out_scale = self.factor(path, "out", module.out_channels)
+        inp, in_scale = self.factor(path, "in", module.in_channels)
+        return kernel * out_scale * in_scale / module.groups, out, inp
+
+
+@dataclass(frozen=True)
 class CostModel:
     """Cost of any width vector of one model, exact against FlopCounterMode and parameters()."""
 
@@ -99,7 +137,7 @@ class CostModel:
     params_terms: Terms
 
     @classmethod
-    def from_spec(cls, spec: object) -> CostModel:
+    def from_spec(cls, spec: ModelSpec | str) -> CostModel:
         """Trace the base model a spec names once."""
         from widthtune.models.registry import channel_space, input_shape, materialize
 
@@ -108,49 +146,33 @@ class CostModel:
     @classmethod
     def trace(cls, model: nn.Module, space: ChannelSpace, example: torch.Tensor) -> CostModel:
         """Record each layer's spatial size in one forward pass of the base model and express its cost in groups."""
-        owners = space.member_groups()
-        const = len(space)
-        base = [group.base for group in space]
+        channels = _ChannelSource.of(space)
+        const = channels.const
         labels = _ChannelLabels()
         macs: list[tuple[float, int, int]] = []
         acts: list[tuple[float, int, int]] = []
         paths = {module: path for path, module in model.named_modules()}
 
-        def factor(path: str, kind: str, channels: int) -> tuple[int, float]:
-            """(index, multiplier) of a channel count: a group's width, or a fixed count."""
-            group = owners.get((path, kind))
-            return (const, float(channels)) if group is None else (group, channels / base[group])
-
         def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
             path = paths[module]
             batch = output.shape[0]
-            if isinstance(module, nn.Conv2d):
-                spatial = output.shape[2] * output.shape[3]
-                kernel = module.kernel_size[0] * module.kernel_size[1]
-                if is_depthwise(module):
-                    group, scale = factor(path, "out", module.out_channels)
-                    if group == const:
-                        group, scale = factor(path, "in", module.in_channels)
-                    macs.append((kernel * spatial * scale, group, const))
-                else:
-                    out, out_scale = factor(path, "out", module.out_channels)
-                    inp, in_scale = factor(path, "in", module.in_channels)
-                    macs.append((kernel * spatial * out_scale * in_scale / module.groups, out, inp))
-            elif isinstance(module, nn.Linear):
-                tokens = output.numel() // (batch * module.out_features)
-                out, out_scale = factor(path, "out", module.out_features)
-                inp, in_scale = factor(path, "in", module.in_features)
-                macs.append((tokens * out_scale * in_scale, out, inp))
+            if isinstance(module, nn.Conv2d | nn.Linear):
+                # MACs = weight size x output positions (spatial for convs, tokens for linears)
+                coef, a, b = channels.weight(module, path)
+                positions = output.numel() // (
+                    batch * output.shape[1 if isinstance(module, nn.Conv2d) else -1]
+                )
+                macs.append((coef * positions, a, b))
             elif isinstance(module, nn.modules.batchnorm._BatchNorm):
-                group, scale = factor(path, "out", module.num_features)
+                group, scale = channels.factor(path, "out", module.num_features)
                 acts.append((2 * output.numel() / batch * scale / module.num_features, group, const))
             elif isinstance(module, nn.ReLU | nn.ReLU6):
                 group = labels.labels.get(id(inputs[0]))
                 if group is None:
                     acts.append((output.numel() / batch, const, const))
                 else:
-                    acts.append((output.numel() / batch / base[group], group, const))
-            group = owners.get((path, "out"))
+                    acts.append((output.numel() / batch / channels.base[group], group, const))
+            group = channels.owners.get((path, "out"))
             if group is not None:
                 labels.tag(output, group)
 
@@ -207,16 +229,10 @@ class CostModel:
 
 def _parameter_terms(model: nn.Module, space: ChannelSpace) -> list[tuple[float, int, int]]:
     """Each parameter tensor's size as coef * w[a] * w[b] (conv/linear weights are bilinear, the rest linear)."""
-    owners = space.member_groups()
-    const = len(space)
-    base = [group.base for group in space]
+    channels = _ChannelSource.of(space)
+    const = channels.const
     raw_members = {(m.path, m.dim): i for i, g in enumerate(space) for m in g.members if m.kind == "param"}
     rows: list[tuple[float, int, int]] = []
-
-    def factor(path: str, kind: str, channels: int) -> tuple[int, float]:
-        group = owners.get((path, kind))
-        return (const, float(channels)) if group is None else (group, channels / base[group])
-
     for path, module in model.named_modules():
         for name, param in module.named_parameters(recurse=False):
             full = f"{path}.{name}" if path else name
@@ -224,25 +240,14 @@ def _parameter_terms(model: nn.Module, space: ChannelSpace) -> list[tuple[float,
                 (dim, raw_members[(full, dim)]) for dim in range(param.dim()) if (full, dim) in raw_members
             ]
             if raw:
-                dim, group = raw[0]
-                rows.append((param.numel() / param.shape[dim] * param.shape[dim] / base[group], group, const))
-            elif isinstance(module, nn.Conv2d) and name == "weight":
-                kernel = param.shape[2] * param.shape[3]
-                if is_depthwise(module):
-                    group, scale = factor(path, "out", module.out_channels)
-                    rows.append((kernel * scale, group, const))
-                else:
-                    out, out_scale = factor(path, "out", module.out_channels)
-                    inp, in_scale = factor(path, "in", module.in_channels)
-                    rows.append((kernel * out_scale * in_scale / module.groups, out, inp))
-            elif isinstance(module, nn.Linear) and name == "weight":
-                out, out_scale = factor(path, "out", module.out_features)
-                inp, in_scale = factor(path, "in", module.in_features)
-                rows.append((out_scale * in_scale, out, inp))
+                _, group = raw[0]
+                rows.append((param.numel() / channels.base[group], group, const))
+            elif isinstance(module, nn.Conv2d | nn.Linear) and name == "weight":
+                rows.append(channels.weight(module, path))
             elif isinstance(
                 module, (nn.Conv2d, nn.Linear, *NORMS)
             ):  # biases and norm affines follow the output
-                group, scale = factor(path, "out", param.shape[0])
+                group, scale = channels.factor(path, "out", param.shape[0])
                 rows.append((scale, group, const))
             else:
                 rows.append((float(param.numel()), const, const))

@@ -79,7 +79,7 @@ def dependency_space(
         writers = [
             m
             for m in members
-            if m.kind == "out" and isinstance(_module(model, m.path), nn.Conv2d | nn.Linear)
+            if m.kind == "out" and isinstance(model.get_submodule(m.path), nn.Conv2d | nn.Linear)
         ]
         if not writers:
             continue
@@ -101,10 +101,6 @@ def dependency_space(
         )
     groups.sort(key=lambda item: item[0])
     return ChannelSpace(tuple(group for _, group in groups))
-
-
-def _module(model: nn.Module, path: str) -> nn.Module:
-    return model.get_submodule(path)
 
 
 def _param_dim(param: nn.Parameter, width: int) -> int:

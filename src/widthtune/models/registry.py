@@ -7,7 +7,7 @@ import importlib
 import importlib.util
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ class Family:
     space: Callable[[Mapping[str, Any]], ChannelSpace]
     build: Callable[[Mapping[str, Any], Mapping[str, int]], nn.Module]
     summary: str
-    open_options: bool = field(default=False)
+    open_options: bool = False
 
 
 def _check_types(family: str, options: dict[str, Any], defaults: Mapping[str, Any]) -> None:
@@ -106,8 +106,8 @@ def _torchvision_factory(spec: ModelSpec) -> Callable[..., nn.Module]:
     available = torchvision.models.list_models(module=torchvision.models)
     if spec.target not in available:
         raise SpecError(
-            f"torchvision:{spec.target} is not a torchvision classification model; e.g. "
-            f"{', '.join(n for n in ('resnet18', 'mobilenet_v2', 'regnet_x_400mf', 'efficientnet_b0', 'convnext_tiny'))}"
+            f"torchvision:{spec.target} is not a torchvision classification model; e.g. resnet18, mobilenet_v2, "
+            "regnet_x_400mf, efficientnet_b0, convnext_tiny (see torchvision.models.list_models())"
         )
     return functools.partial(torchvision.models.get_model, spec.target, weights=None)
 
