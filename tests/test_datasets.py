@@ -137,3 +137,19 @@ def test_imagefolder_reads_class_folders(tmp_path):
 def test_bad_options_name_the_field(kwargs, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         DataSpec(**kwargs)
+
+
+def test_validation_carve_never_takes_the_last_image_of_a_class():
+    data = load_dataset(DataSpec("shapes", size=20, val_fraction=0.9))
+    assert torch.bincount(data.train_y, minlength=10).tolist() == [1] * 10
+    assert torch.bincount(data.val_y, minlength=10).tolist() == [1] * 10
+
+
+def test_a_file_that_is_not_a_cifar_batch_is_named(tmp_path):
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    for name in ("train", "test"):
+        with (folder / name).open("wb") as handle:
+            pickle.dump({b"data": np.zeros((4, 100), dtype=np.uint8), b"fine_labels": [0] * 4}, handle)
+    with pytest.raises(ValueError, match=re.escape(f"{folder / 'train'} is not a CIFAR python batch")):
+        load_dataset(DataSpec("cifar100", root=str(tmp_path)))

@@ -127,9 +127,51 @@ def test_stop_training_returns_the_history_so_far(data):
     assert len(history.records) == 2 and history.stopped_early
 
 
-def test_nan_loss_is_an_error_naming_the_epoch(data):
-    with pytest.raises(NonFiniteLossError, match="epoch 1"):
-        train(small_model(), data, config(epochs=2, lr=1e30))
+def test_stop_training_from_on_step_keeps_finished_epochs(data):
+    steps_per_epoch = math.ceil(len(data.train_y) / 64)
+
+    def stop_in_second_epoch(model, info):
+        if info.step == steps_per_epoch + 2:
+            raise StopTraining
+
+    history = train(small_model(), data, config(epochs=5), on_step=stop_in_second_epoch)
+    assert [r.epoch for r in history.records] == [1] and history.stopped_early
+
+
+def test_nan_loss_is_an_error_naming_the_epoch_and_step(data):
+    steps_per_epoch = math.ceil(len(data.train_y) / 64)
+    calls = []
+
+    def nan_at_step_25(model):
+        calls.append(1)
+        return torch.tensor(float("nan") if len(calls) == 26 else 0.0)
+
+    epoch = 25 // steps_per_epoch + 1
+    with pytest.raises(NonFiniteLossError, match=f"epoch {epoch}, step 25 "):
+        train(small_model(), data, config(epochs=3), regularizer=nan_at_step_25)
+
+
+def test_diverging_lr_is_a_non_finite_loss_error(data):
+    steps = []
+    with pytest.raises(NonFiniteLossError, match="epoch 1, step") as error:
+        train(small_model(), data, config(epochs=2, lr=1e30), on_step=lambda m, info: steps.append(info.step))
+    # the failing step is caught before its optimizer step, so the hook never saw it
+    assert f"step {len(steps)} " in str(error.value)
+
+
+def test_drop_last_trains_on_full_batches_only(data):
+    history = train(small_model(), data, config(epochs=2, drop_last=True))
+    assert history.final.images_seen == 2 * (len(data.train_y) // 64) * 64
+
+
+def test_misuse_is_a_clear_error(data):
+    with pytest.raises(ValueError, match="without a teacher"):
+        train(small_model(), data, config(epochs=1), distill=DistillConfig())
+    with pytest.raises(ValueError, match=r"train\.batch_size: 4096"):
+        train(small_model(), data, config(epochs=1, batch_size=4096, drop_last=True))
+    history = train(small_model(), data, config(epochs=1))
+    with pytest.raises(ValueError, match="metric: 'val_accuracy'"):
+        history.best("val_accuracy")
 
 
 @pytest.mark.parametrize(

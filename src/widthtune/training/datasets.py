@@ -63,7 +63,7 @@ class DataSpec:
             raise ValueError(f"data.num_classes: {self.num_classes!r} is not allowed; choose an integer >= 2")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class DatasetSplits:
     """Normalised float32 NCHW tensors for train / validation / test, on the CPU, with their statistics."""
 
@@ -102,12 +102,12 @@ class _Raw:
 
 
 def _split(labels: Tensor, fraction: float, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-    """Stratified split: indices taking `fraction` of each class, and the rest."""
+    """Stratified split: indices taking `fraction` of each class (never its last image), and the rest."""
     taken, rest = [], []
     for label in labels.unique(sorted=True):
         members = (labels == label).nonzero().flatten()
         members = members[torch.randperm(members.numel(), generator=generator)]
-        count = round(fraction * members.numel())
+        count = min(round(fraction * members.numel()), members.numel() - 1)
         taken.append(members[:count])
         rest.append(members[count:])
     return torch.cat(taken).sort().values, torch.cat(rest).sort().values
@@ -168,9 +168,16 @@ def _need_root(spec: DataSpec, expected: str) -> Path:
     return Path(spec.root).expanduser().resolve()
 
 
-def _read_pickle(path: Path) -> dict:
+def _read_cifar_batch(path: Path, label_key: bytes) -> dict:
     with path.open("rb") as handle:
-        return pickle.load(handle, encoding="bytes")
+        batch = pickle.load(handle, encoding="bytes")
+    shape = np.shape(batch.get(b"data")) if isinstance(batch, dict) else None
+    if shape is None or len(shape) != 2 or shape[1] != 3072 or label_key not in batch:
+        raise ValueError(
+            f"data.root: {path} is not a CIFAR python batch; expected a dict with b'data' "
+            f"(N x 3072 uint8, channel-major 3x32x32 rows) and {label_key!r}"
+        )
+    return batch
 
 
 def _cifar(
@@ -193,7 +200,7 @@ def _cifar(
         )
 
     def read(names: tuple[str, ...]) -> tuple[Tensor, Tensor]:
-        batches = [_read_pickle(base / name) for name in names]
+        batches = [_read_cifar_batch(base / name, label_key) for name in names]
         data = np.concatenate([np.asarray(b[b"data"], dtype=np.uint8) for b in batches])
         labels = np.concatenate([np.asarray(b[label_key], dtype=np.int64) for b in batches])
         images = torch.from_numpy(data.reshape(-1, 3, 32, 32).astype(np.float32) / 255.0)
@@ -242,7 +249,10 @@ def _imagefolder(spec: DataSpec) -> _Raw:
         for index, name in enumerate(classes):
             for path in sorted((folder / name).glob("*")) if (folder / name).is_dir() else []:
                 if path.suffix.lower() in IMAGE_SUFFIXES:
-                    picture = Image.open(path).convert("RGB").resize((resolution, resolution), Image.BILINEAR)
+                    with Image.open(path) as opened:
+                        picture = opened.convert("RGB").resize(
+                            (resolution, resolution), Image.Resampling.BILINEAR
+                        )
                     images.append(
                         torch.from_numpy(np.asarray(picture, dtype=np.float32) / 255.0).permute(2, 0, 1)
                     )

@@ -1,4 +1,8 @@
-"""The training loop: SGD, a per-iteration schedule, evaluation every epoch, hooks for methods and reporting."""
+"""The training loop: SGD, a per-iteration schedule, evaluation every epoch, hooks for methods and reporting.
+
+The learning rate is set before every iteration: linear warm-up, then the schedule. `step` and `multistep`
+decay only at epoch boundaries (milestones and step sizes are in epochs); `cosine` moves every iteration.
+"""
 
 from __future__ import annotations
 
@@ -17,10 +21,12 @@ from widthtune.training.distill import DistillConfig, distillation_loss
 from widthtune.training.loader import AUGMENTATIONS, DeviceLoader
 
 SCHEDULES = ("constant", "step", "multistep", "cosine")
+# Checking the loss for NaN costs a host-device sync; on an accelerator it is batched over this many steps.
+NONFINITE_CHECK_STEPS_ON_ACCELERATOR = 50
 
 
 class StopTraining(Exception):
-    """Raised from `on_epoch` to end training cleanly; the history so far is returned."""
+    """Raised from `on_epoch` (or `on_step`) to end training cleanly; the finished epochs are returned."""
 
 
 class NonFiniteLossError(ValueError):
@@ -44,6 +50,7 @@ class TrainConfig:
     warmup_epochs: float = 0.0
     label_smoothing: float = 0.0
     augment: str = "crop+flip"
+    drop_last: bool = False
     seed: int = 0
     device: str = "auto"
     eval_batch_size: int = 1024
@@ -99,7 +106,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class StepInfo:
-    """What an on_step hook is told after each optimizer step."""
+    """What an on_step hook is told after each optimizer step (`loss` stays a tensor: `.item()` syncs a GPU)."""
 
     epoch: int
     step: int
@@ -109,7 +116,12 @@ class StepInfo:
 
 @dataclass(frozen=True)
 class EpochRecord:
-    """One epoch's figures, as reported to Tune and stored in the history table."""
+    """One epoch's figures, as reported to Tune and stored in the history table.
+
+    `train_loss` is the minimised objective (with label smoothing, distillation and regularizer);
+    val/test losses are plain cross-entropy. `seconds` covers training and evaluation,
+    `images_per_second` the training part only; `images_seen` counts training images so far.
+    """
 
     epoch: int
     train_loss: float
@@ -138,6 +150,9 @@ class History:
 
     def best(self, metric: str = "val_acc") -> EpochRecord:
         """The epoch with the highest value of `metric` (accuracies) or lowest (losses)."""
+        metrics = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc")
+        if metric not in metrics:
+            raise ValueError(f"metric: {metric!r} is not allowed; choose one of: {', '.join(metrics)}")
         scored = [r for r in self.records if getattr(r, metric) is not None]
         if not scored:
             raise ValueError(f"no epoch has a value for {metric!r}")
@@ -172,6 +187,17 @@ def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
 
 
+def _raise_if_nonfinite(losses: list[Tensor], first_step: int, epoch: int) -> None:
+    values = torch.stack(losses)
+    bad = (~torch.isfinite(values)).nonzero().flatten()
+    if len(bad):
+        index = int(bad[0])
+        raise NonFiniteLossError(
+            f"training loss became {values[index].item()} in epoch {epoch}, step {first_step + index} "
+            "(global optimizer step, counted from 0); lower train.lr or check the data and model"
+        )
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -184,7 +210,8 @@ def evaluate(
     device = torch.device(device)
     was_training = model.training
     model.eval()
-    loss_sum, correct = 0.0, 0
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
     for start in range(0, len(labels), batch_size):
         x = images[start : start + batch_size].to(device)
         y = labels[start : start + batch_size].to(device)
@@ -192,10 +219,10 @@ def evaluate(
             x = x.contiguous(memory_format=torch.channels_last)
         with _autocast(device):
             logits = model(x).float()
-        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
-        correct += (logits.argmax(1) == y).sum().item()
+        loss_sum += F.cross_entropy(logits, y, reduction="sum")
+        correct += (logits.argmax(1) == y).sum()
     model.train(was_training)
-    return loss_sum / max(1, len(labels)), correct / max(1, len(labels))
+    return loss_sum.item() / max(1, len(labels)), correct.item() / max(1, len(labels))
 
 
 def train(
@@ -214,6 +241,8 @@ def train(
         raise ValueError(
             f"data: the training split of {data.name!r} is empty; raise data.fraction or lower val_fraction"
         )
+    if distill is not None and teacher is None:
+        raise ValueError("distill: a DistillConfig was given without a teacher; pass teacher=... or drop it")
     device = resolve_device(config.device)
     model.to(device)
     if device.type == "cuda":
@@ -235,9 +264,16 @@ def train(
         config.batch_size,
         shuffle=True,
         augment=config.augment,
+        drop_last=config.drop_last,
         seed=config.seed,
         device=device,
     )
+    if len(loader) == 0:
+        raise ValueError(
+            f"train.batch_size: {config.batch_size} is more than the {len(data.train_y)} training images "
+            "and train.drop_last is set, so an epoch would have no step; lower it or unset drop_last"
+        )
+    check_every = 1 if device.type == "cpu" else NONFINITE_CHECK_STEPS_ON_ACCELERATOR
     records: list[EpochRecord] = []
     images_seen, step = 0, 0
     with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
@@ -247,6 +283,8 @@ def train(
             started = time.perf_counter()
             loss_sum = torch.zeros((), device=device)
             correct = torch.zeros((), device=device, dtype=torch.long)
+            pending: list[Tensor] = []
+            count = 0
             for x, y in loader:
                 lr = learning_rate(config, step, len(loader))
                 for group in optimizer.param_groups:
@@ -263,20 +301,28 @@ def train(
                         loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
                     if regularizer is not None:
                         loss = loss + regularizer(model)
+                pending.append(loss.detach())
+                if len(pending) >= check_every:
+                    _raise_if_nonfinite(pending, step + 1 - len(pending), epoch)
+                    pending = []
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 if on_step is not None:
-                    on_step(model, StepInfo(epoch, step, lr, loss.detach()))
+                    try:
+                        on_step(model, StepInfo(epoch, step, lr, loss.detach()))
+                    except StopTraining:
+                        return History(tuple(records), stopped_early=True)
                 loss_sum += loss.detach() * len(y)
                 correct += (logits.detach().argmax(1) == y).sum()
-                images_seen += len(y)
+                count += len(y)
                 step += 1
+            if pending:
+                _raise_if_nonfinite(pending, step - len(pending), epoch)
+            images_seen += count
+            train_loss = loss_sum.item() / count  # .item() waits for the device, so the clock below is honest
+            train_acc = correct.item() / count
             train_seconds = time.perf_counter() - started
-            count = len(loader.labels)
-            train_loss = loss_sum.item() / count
-            if not math.isfinite(train_loss):
-                raise NonFiniteLossError(f"training loss became {train_loss} in epoch {epoch} (lr {lr:.4g})")
             val = (
                 evaluate(model, data.val_x, data.val_y, config.eval_batch_size, device)
                 if len(data.val_y)
@@ -286,7 +332,7 @@ def train(
             record = EpochRecord(
                 epoch=epoch,
                 train_loss=train_loss,
-                train_acc=correct.item() / count,
+                train_acc=train_acc,
                 val_loss=val[0] if val else None,
                 val_acc=val[1] if val else None,
                 test_loss=test[0],
