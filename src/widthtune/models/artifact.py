@@ -60,8 +60,7 @@ def make_artifact(
     """Validate widths against the spec's space and price them."""
     spec = canonical_spec(spec)
     cost_model = cost_model or CostModel.from_spec(spec)
-    if not isinstance(widths, Widths) or widths.space != cost_model.space:
-        widths = Widths.from_mapping(cost_model.space, dict(widths))
+    widths = Widths.coerce(cost_model.space, widths)
     return WidthsArtifact(spec, widths, cost_model.evaluate(widths), method, dict(provenance or {}))
 
 

@@ -203,8 +203,9 @@ class CostModel:
     def evaluate(self, widths: Widths | Mapping[str, int]) -> Cost:
         """Every convention at once."""
         ext = self.extended(widths)
-        macs = round(float(self.macs_terms.evaluate(ext)))
-        lwdna = round(float(self.macs_terms.evaluate(ext) + self.activation_terms.evaluate(ext)))
+        exact_macs = float(self.macs_terms.evaluate(ext))
+        macs = round(exact_macs)
+        lwdna = round(exact_macs + float(self.activation_terms.evaluate(ext)))
         return Cost(
             macs=macs, flops=2 * macs, lwdna=lwdna, params=round(float(self.params_terms.evaluate(ext)))
         )

@@ -72,7 +72,10 @@ def _generic_family(
         except TypeError as error:
             raise SpecError(f"{name}:{options['__target__']}: {error}") from None
 
-    def space(options: Mapping[str, Any]) -> ChannelSpace:
+    @functools.lru_cache(maxsize=32)
+    def space_of(frozen: tuple[tuple[str, Any], ...]) -> ChannelSpace:
+        """Traced once per distinct options: a DependencyGraph pass is the expensive part."""
+        options = dict(frozen)
         example = torch.zeros(1, options["in_channels"], options["resolution"], options["resolution"])
         try:
             return dependency_space(
@@ -87,17 +90,13 @@ def _generic_family(
                 f"(set resolution / in_channels to what it takes): {first}"
             ) from None
 
+    def space(options: Mapping[str, Any]) -> ChannelSpace:
+        return space_of(tuple(sorted(options.items())))
+
     def build(options: Mapping[str, Any], widths: Mapping[str, int]) -> nn.Module:
-        return resize(base_model(options), _cached_space(options), widths)
+        return resize(base_model(options), space(options), widths)
 
-    @functools.lru_cache(maxsize=32)
-    def _space_for(frozen: tuple[tuple[str, Any], ...]) -> ChannelSpace:
-        return space(dict(frozen))
-
-    def _cached_space(options: Mapping[str, Any]) -> ChannelSpace:
-        return _space_for(tuple(sorted(options.items())))
-
-    return Family(name, dict(INPUT_OPTIONS), _cached_space, build, summary, open_options=True)
+    return Family(name, dict(INPUT_OPTIONS), space, build, summary, open_options=True)
 
 
 def _torchvision_factory(spec: ModelSpec) -> Callable[..., nn.Module]:
@@ -234,14 +233,7 @@ def materialize(
 ) -> nn.Module:
     """A fresh, randomly initialised model at `widths` (the base when None) -- smaller or larger than the base."""
     spec = parse_spec(spec)
-    space = channel_space(spec)
-    widths = (
-        Widths.base(space)
-        if widths is None
-        else (widths if isinstance(widths, Widths) else Widths.from_mapping(space, widths))
-    )
-    if widths.space != space:
-        widths = Widths.from_mapping(space, dict(widths))
+    widths = Widths.coerce(channel_space(spec), widths)
     options = resolve_options(spec)
     with torch.random.fork_rng(devices=[]):
         if seed is not None:

@@ -36,11 +36,13 @@ def _new_parameter(old: nn.Parameter, shape: tuple[int, ...], fan_ratio: float =
 
 def _resize_conv(conv: nn.Conv2d, out: int | None, inp: int | None) -> None:
     if is_depthwise(conv):
-        width = out or inp
-        out = inp = width
-        conv.groups = width
+        out = inp = out or inp
     out = out or conv.out_channels
     inp = inp or conv.in_channels
+    if (out, inp) == (conv.out_channels, conv.in_channels):
+        return  # unchanged layers keep the factory's own initialisation
+    if is_depthwise(conv):
+        conv.groups = out
     for count, kind in ((out, "output"), (inp, "input")):
         if count % conv.groups:
             raise SurgeryError(f"conv with {conv.groups} groups cannot take {count} {kind} channels")
@@ -54,13 +56,23 @@ def _resize_conv(conv: nn.Conv2d, out: int | None, inp: int | None) -> None:
 def _resize_linear(linear: nn.Linear, out: int | None, inp: int | None, in_factor: int) -> None:
     out = out or linear.out_features
     inp = inp * in_factor if inp else linear.in_features
+    if (out, inp) == (linear.out_features, linear.in_features):
+        return
     linear.weight = _new_parameter(linear.weight, (out, inp), linear.in_features / inp)
     if linear.bias is not None:
         linear.bias = _new_parameter(linear.bias, (out,))
     linear.out_features, linear.in_features = out, inp
 
 
+def _norm_width(norm: nn.Module) -> int:
+    if isinstance(norm, nn.LayerNorm):
+        return norm.normalized_shape[-1]
+    return norm.num_channels if isinstance(norm, nn.GroupNorm) else norm.num_features
+
+
 def _resize_norm(norm: nn.Module, width: int) -> None:
+    if width == _norm_width(norm):
+        return
     if isinstance(norm, nn.modules.batchnorm._BatchNorm):
         norm.num_features = width
         if norm.running_mean is not None:
@@ -81,24 +93,6 @@ def _resize_norm(norm: nn.Module, width: int) -> None:
             setattr(norm, name, _new_parameter(param, (width,)))
 
 
-def _already_sized(module: nn.Module | None, size: dict[str, int], in_factor: int) -> bool:
-    if isinstance(module, nn.Conv2d):
-        return (
-            size.get("out", module.out_channels) == module.out_channels
-            and size.get("in", module.in_channels) == module.in_channels
-        )
-    if isinstance(module, nn.Linear):
-        inp = size["in"] * in_factor if "in" in size else module.in_features
-        return size.get("out", module.out_features) == module.out_features and inp == module.in_features
-    if isinstance(module, nn.modules.batchnorm._BatchNorm):
-        return module.num_features == size.get("out", size.get("in"))
-    if isinstance(module, nn.LayerNorm):
-        return tuple(module.normalized_shape) == (size.get("out", size.get("in")),)
-    if isinstance(module, nn.GroupNorm):
-        return module.num_channels == size.get("out", size.get("in"))
-    return False
-
-
 def resize(model: nn.Module, space: ChannelSpace, widths: Mapping[str, int]) -> nn.Module:
     """Resize `model` in place to `widths` (smaller or larger than its own); returns it for chaining."""
     modules = dict(model.named_modules())
@@ -117,8 +111,6 @@ def resize(model: nn.Module, space: ChannelSpace, widths: Mapping[str, int]) -> 
                 in_factor[member.path] = module.in_features // group.base
     for path, size in sizes.items():
         module = modules.get(path)
-        if _already_sized(module, size, in_factor.get(path, 1)):
-            continue  # keeps the factory's own initialisation where nothing changes
         if isinstance(module, nn.Conv2d):
             _resize_conv(module, size.get("out"), size.get("in"))
         elif isinstance(module, nn.Linear):

@@ -86,11 +86,20 @@ class Widths(Mapping[str, int]):
                 raise WidthsError(f"width of group {group.name!r} must be positive, got {raw}")
             if round:
                 values.append(round_width(raw, group))
-            elif float(raw).is_integer():
+            elif raw.is_integer():
                 values.append(int(raw))
             else:
                 raise WidthsError(f"width of group {group.name!r} must be an integer, got {raw}")
         return cls(space, tuple(values))
+
+    @classmethod
+    def coerce(cls, space: ChannelSpace, widths: Widths | Mapping[str, object] | None) -> Widths:
+        """Widths valid for `space`: the base for None, as-is when already of this space, else validated."""
+        if widths is None:
+            return cls.base(space)
+        if isinstance(widths, Widths) and widths.space == space:
+            return widths
+        return cls.from_mapping(space, dict(widths))
 
     @classmethod
     def from_ratios(cls, space: ChannelSpace, ratios: Mapping[str, float] | float) -> Widths:
