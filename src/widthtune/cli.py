@@ -20,6 +20,7 @@ from widthtune.models.match import CostTargetError
 from widthtune.models.spec import SpecError
 from widthtune.models.surgery import SurgeryError
 from widthtune.models.widths import Widths, WidthsError
+from widthtune.platform.config import ConfigError
 
 app = typer.Typer(
     add_completion=False,
@@ -134,11 +135,118 @@ def spec(spec: SpecArgument) -> None:
     print(canonical_spec(spec))
 
 
+OverrideOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set", help="Override a config field: KEY=VALUE (VALUE is YAML), e.g. --set train.epochs=5"
+    ),
+]
+
+
+def _print_table(directory: Path) -> None:
+    from widthtune.analysis.report import HEADER, comparison, table_cells
+    from widthtune.platform.store import read_trials
+
+    table = Table(*HEADER)
+    for row in comparison(read_trials(directory / "results")):
+        table.add_row(*table_cells(row))
+    Console(width=None if sys.stdout.isatty() else 160).print(table)
+
+
+def _finish(directory: Path) -> None:
+    from widthtune.analysis.report import write_report
+    from widthtune.platform.runner import read_state
+    from widthtune.platform.tracking import ui_command
+
+    md, page = write_report(directory)
+    _print_table(directory)
+    print(f"report: {page}  (markdown: {md})")
+    print(f"MLflow UI: {ui_command(read_state(directory)['tracking']['uri'])}")
+
+
+@app.command()
+def run(
+    config: Annotated[Path, typer.Argument(help="experiment YAML")],
+    overrides: OverrideOption = None,
+) -> None:
+    """Run an experiment: validate the config, sweep on Ray Tune, record to MLflow and Parquet, write the report."""
+    from widthtune.platform.config import load_config
+    from widthtune.platform.runner import run_experiment
+
+    _finish(run_experiment(load_config(config, overrides or [])))
+
+
+@app.command()
+def resume(directory: Annotated[Path, typer.Argument(help="the experiment directory")]) -> None:
+    """Continue an interrupted experiment: finished trials stay, unfinished ones resume from their checkpoints."""
+    from widthtune.platform.runner import execute
+
+    execute(directory)
+    _finish(directory.expanduser().resolve())
+
+
+@app.command()
+def report(directory: Annotated[Path, typer.Argument(help="the experiment directory")]) -> None:
+    """Write report.md and report.html (table, accuracy vs MACs, width profiles) from the result store."""
+    from widthtune.platform.runner import read_state
+
+    read_state(directory)
+    _finish(directory.expanduser().resolve())
+
+
+@app.command(name="ls")
+def list_experiments(
+    storage: Annotated[Path, typer.Argument(help="a storage folder holding experiments")] = Path("runs"),
+) -> None:
+    """List the experiments in a storage folder: kind, studies done, trials stored by status."""
+    from widthtune.platform.runner import STATE_FILE, read_state
+    from widthtune.platform.store import read_trials
+
+    if not storage.is_dir():
+        raise InputError(f"storage folder {str(storage)!r} does not exist")
+    table = Table("experiment", "kind", "studies done", "trials", "completed", "stopped", "errored", "path")
+    for path in sorted(p.parent for p in storage.glob(f"*/{STATE_FILE}")):
+        state = read_state(path)
+        rows = read_trials(path / "results")
+        statuses = [r["status"] for r in rows]
+        done = sum(v == "done" for v in state["studies"].values())
+        table.add_row(
+            state["name"],
+            state["kind"],
+            f"{done}/{len(state['studies'])}",
+            str(len(rows)),
+            str(statuses.count("completed")),
+            str(statuses.count("stopped")),
+            str(statuses.count("errored")),
+            str(path.resolve()),
+        )
+    Console().print(table)
+
+
+@app.command()
+def quickstart(
+    storage: Annotated[Path, typer.Option(help="where the experiment folder goes")] = Path("runs"),
+    overrides: OverrideOption = None,
+) -> None:
+    """uniform vs random vs direct (Optuna TPE + ASHA) on digits at one MACs target, 2 seeds (minutes on 2 cores)."""
+    import time
+
+    import yaml
+
+    from widthtune.platform.config import apply_overrides, validate_config
+    from widthtune.platform.runner import run_experiment
+
+    raw = yaml.safe_load((Path(__file__).parent / "platform" / "quickstart.yaml").read_text())
+    raw["name"] = f"quickstart-{time.strftime('%Y%m%d-%H%M%S')}"
+    raw["storage"] = str(storage)
+    _finish(run_experiment(validate_config(apply_overrides(raw, overrides or []))))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors become one line on stderr and exit status 2, never a traceback."""
     try:
         app(args=argv, standalone_mode=True)
-    except (InputError, *USER_ERRORS) as error:
+    except (InputError, ConfigError, *USER_ERRORS) as error:
         message = str(error).strip().strip('"') or type(error).__name__
         print(f"widthtune: error: {message}", file=sys.stderr)
         sys.exit(2)

@@ -11,6 +11,10 @@ from widthtune.models.cost import CostModel
 from widthtune.models.widths import Widths, smallest_width
 
 
+# relative multiplier offsets tried when rounding around the bisected multiplier misses the tolerance
+NEIGHBOUR_STEPS = tuple(sign * k / 100 for k in range(1, 31) for sign in (1, -1))
+
+
 class CostTargetError(ValueError):
     """No multiplier of the shape reaches the cost target within tolerance; the message gives the reachable range."""
 
@@ -77,6 +81,24 @@ def match_cost(
         widths_at(best), shape_values * best, divisors, floors, target, cost_model, convention, tolerance
     )
     cost = float(cost_model.cost(values, convention))
+    # on small networks the floor/ceil choice around one multiplier may not bridge a step: try neighbours
+    for step in NEIGHBOUR_STEPS:
+        if abs(cost - target) <= tolerance * target:
+            break
+        multiplier = best * (1 + step)
+        candidate = _refine_rounding(
+            widths_at(multiplier),
+            shape_values * multiplier,
+            divisors,
+            floors,
+            target,
+            cost_model,
+            convention,
+            tolerance,
+        )
+        candidate_cost = float(cost_model.cost(candidate, convention))
+        if abs(candidate_cost - target) < abs(cost - target):
+            values, cost, best = candidate, candidate_cost, multiplier
     if abs(cost - target) > tolerance * target:
         raise CostTargetError(
             f"{convention} target {target:,.0f} cannot be met within {tolerance:.1%}: the closest width vector costs "

@@ -137,6 +137,20 @@ class EpochRecord:
 
 
 @dataclass(frozen=True)
+class TrainState:
+    """Everything needed to continue training after `epoch`: a retried, paused or exploited trial resumes here."""
+
+    epoch: int
+    step: int
+    images_seen: int
+    model: dict[str, Tensor]
+    optimizer: dict
+    loader_rng: Tensor
+    torch_rng: Tensor
+    records: tuple[EpochRecord, ...]
+
+
+@dataclass(frozen=True)
 class History:
     """Every epoch's record; `stopped_early` when an on_epoch hook ended training."""
 
@@ -225,6 +239,16 @@ def evaluate(
     return loss_sum.item() / max(1, len(labels)), correct.item() / max(1, len(labels))
 
 
+def _to_cpu(value: object) -> object:
+    if isinstance(value, Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_to_cpu(v) for v in value]
+    return value
+
+
 def train(
     model: nn.Module,
     data: DatasetSplits,
@@ -235,8 +259,14 @@ def train(
     regularizer: Callable[[nn.Module], Tensor] | None = None,
     on_step: Callable[[nn.Module, StepInfo], None] | None = None,
     on_epoch: Callable[[EpochRecord], None] | None = None,
+    resume: TrainState | None = None,
+    on_checkpoint: Callable[[TrainState], None] | None = None,
 ) -> History:
-    """Train `model` in place on `data`; evaluate every epoch; return the history."""
+    """Train `model` in place on `data`; evaluate every epoch; return the history.
+
+    `resume` continues from a saved state (the config may differ, e.g. a PBT-mutated learning rate);
+    `on_checkpoint` receives the state after every epoch, before `on_epoch`.
+    """
     if len(data.train_y) == 0:
         raise ValueError(
             f"data: the training split of {data.name!r} is empty; raise data.fraction or lower val_fraction"
@@ -275,10 +305,17 @@ def train(
         )
     check_every = 1 if device.type == "cpu" else NONFINITE_CHECK_STEPS_ON_ACCELERATOR
     records: list[EpochRecord] = []
-    images_seen, step = 0, 0
+    images_seen, step, first_epoch = 0, 0, 1
     with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
         torch.manual_seed(config.seed)
-        for epoch in range(1, config.epochs + 1):
+        if resume is not None:
+            model.load_state_dict(resume.model)
+            optimizer.load_state_dict(resume.optimizer)
+            loader.generator.set_state(resume.loader_rng)
+            torch.set_rng_state(resume.torch_rng)
+            records, images_seen, step = list(resume.records), resume.images_seen, resume.step
+            first_epoch = resume.epoch + 1
+        for epoch in range(first_epoch, config.epochs + 1):
             model.train()
             started = time.perf_counter()
             loss_sum = torch.zeros((), device=device)
@@ -343,6 +380,19 @@ def train(
                 images_seen=images_seen,
             )
             records.append(record)
+            if on_checkpoint is not None:
+                on_checkpoint(
+                    TrainState(
+                        epoch=epoch,
+                        step=step,
+                        images_seen=images_seen,
+                        model={k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
+                        optimizer=_to_cpu(optimizer.state_dict()),
+                        loader_rng=loader.generator.get_state(),
+                        torch_rng=torch.get_rng_state(),
+                        records=tuple(records),
+                    )
+                )
             if on_epoch is not None:
                 try:
                     on_epoch(record)

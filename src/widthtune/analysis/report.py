@@ -1,0 +1,204 @@
+"""The experiment report: comparison table over seeds, accuracy vs MACs, width profiles — Markdown and HTML."""
+
+from __future__ import annotations
+
+import html
+import statistics
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from widthtune.analysis.plots import accuracy_cost_plot, width_profile_plot
+from widthtune.platform.store import read_trials
+
+
+@dataclass(frozen=True)
+class ComparisonRow:
+    """One method at one cost target: its selected trials' figures, mean and std over seeds."""
+
+    label: str
+    cost_target: str
+    seeds: int
+    test_acc_mean: float
+    test_acc_std: float
+    val_acc_mean: float
+    macs_mean: float
+    params_mean: float
+    cost_flops_mean: float
+    trials: int
+    stopped: int
+    errored: int
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    if not values:
+        return float("nan"), float("nan")
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def select(trials: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The trial a method hands in: best final validation accuracy among completed (else stopped) trials."""
+    for pool in (
+        [t for t in trials if t["status"] == "completed"],
+        [t for t in trials if t["status"] == "stopped"],
+    ):
+        scored = [t for t in pool if t["final_val_acc"] is not None]
+        if scored:
+            return max(scored, key=lambda t: (t["final_val_acc"], -(t["macs"] or 0)))
+    return None
+
+
+def comparison(rows: list[dict[str, Any]]) -> list[ComparisonRow]:
+    """Group by (label, cost target), pick one trial per seed, then average over seeds."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        groups[(row["label"] or row["method"], row["cost_target_label"] or "-")].append(row)
+    table = []
+    for (label, target), members in groups.items():
+        by_seed: dict[int, list[dict[str, Any]]] = defaultdict(list)
+        for row in members:
+            by_seed[row["seed"]].append(row)
+        chosen = [c for c in (select(v) for v in by_seed.values()) if c is not None]
+        cost = [sum((t["search_flops"] or 0) + (t["train_flops"] or 0) for t in v) for v in by_seed.values()]
+        test_mean, test_std = _mean_std([c["final_test_acc"] for c in chosen])
+        table.append(
+            ComparisonRow(
+                label=label,
+                cost_target=target,
+                seeds=len(chosen),
+                test_acc_mean=test_mean,
+                test_acc_std=test_std,
+                val_acc_mean=_mean_std([c["final_val_acc"] for c in chosen])[0],
+                macs_mean=_mean_std([c["macs"] for c in chosen if c["macs"] is not None])[0],
+                params_mean=_mean_std([c["params"] for c in chosen if c["params"] is not None])[0],
+                cost_flops_mean=_mean_std(cost)[0],
+                trials=len(members),
+                stopped=sum(t["status"] == "stopped" for t in members),
+                errored=sum(t["status"] == "errored" for t in members),
+            )
+        )
+    return sorted(table, key=lambda r: (r.cost_target, r.label))
+
+
+def _si(value: float) -> str:
+    if value != value:  # NaN
+        return "-"
+    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g}{unit}"
+    return f"{value:.3g}"
+
+
+HEADER = (
+    "method",
+    "cost target",
+    "seeds",
+    "test acc (mean ± std)",
+    "val acc",
+    "MACs",
+    "params",
+    "total FLOPs",
+    "trials",
+)
+
+
+def table_cells(row: ComparisonRow) -> tuple[str, ...]:
+    """A comparison row as printable cells."""
+    acc = "-" if row.seeds == 0 else f"{100 * row.test_acc_mean:.2f} ± {100 * row.test_acc_std:.2f}"
+    val = "-" if row.seeds == 0 else f"{100 * row.val_acc_mean:.2f}"
+    trials = f"{row.trials}" + (f" ({row.stopped} stopped)" if row.stopped else "")
+    trials += f" ({row.errored} errored)" if row.errored else ""
+    return (
+        row.label,
+        row.cost_target,
+        str(row.seeds),
+        acc,
+        val,
+        _si(row.macs_mean),
+        _si(row.params_mean),
+        _si(row.cost_flops_mean),
+        trials,
+    )
+
+
+def markdown_table(rows: list[ComparisonRow]) -> str:
+    """The comparison as a Markdown table."""
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    lines += ["| " + " | ".join(table_cells(r)) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _profiles(rows: list[dict[str, Any]]) -> tuple[list[str], dict[str, list[float]]]:
+    chosen_by_label: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    groups: dict[tuple[str, str, int], list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        if row["widths"]:
+            groups[(row["label"], row["cost_target_label"] or "-", row["seed"])].append(row)
+    for (label, target, _), members in groups.items():
+        chosen = select(members)
+        if chosen is not None:
+            chosen_by_label[f"{label} ({target})"].append(chosen)
+    names: list[str] = []
+    profiles: dict[str, list[float]] = {}
+    for label, chosen in sorted(chosen_by_label.items()):
+        names = chosen[0]["group_names"]
+        ratios = [[w / b for w, b in zip(c["widths"], c["base_widths"], strict=True)] for c in chosen]
+        profiles[label] = [statistics.fmean(col) for col in zip(*ratios, strict=True)]
+    return names, profiles
+
+
+def write_report(directory: Path) -> tuple[Path, Path]:
+    """Write report.md and report.html (with their figures) into the experiment directory."""
+    directory = Path(directory).expanduser().resolve()
+    rows = read_trials(directory / "results")
+    out = directory / "report"
+    table = comparison(rows)
+    points: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for row in rows:
+        if row["status"] != "errored" and row["macs"] and row["final_test_acc"] is not None:
+            points[row["label"]].append((row["macs"], row["final_test_acc"]))
+    figures = []
+    if points:
+        figures.append(
+            ("Test accuracy vs MACs (every trial)", accuracy_cost_plot(points, out / "accuracy_vs_macs.png"))
+        )
+    names, profiles = _profiles(rows)
+    if profiles:
+        figures.append(
+            (
+                "Width profile: selected widths / base per group (mean over seeds)",
+                width_profile_plot(names, profiles, out / "width_profile.png"),
+            )
+        )
+    errored = [r for r in rows if r["status"] == "errored"]
+    title = directory.name
+    md = [f"# {title}", "", f"{len(rows)} trials stored.", "", markdown_table(table), ""]
+    md += [f"![{caption}]({path.name})\n" for caption, path in figures]
+    if errored:
+        md += ["## Errored trials", ""] + [f"- `{r['trial_key']}`: {r['error']}" for r in errored]
+    md_path = out / "report.md"
+    out.mkdir(parents=True, exist_ok=True)
+    md_path.write_text("\n".join(md) + "\n")
+    cells = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in table_cells(r)) + "</tr>" for r in table
+    )
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in HEADER)
+    images = "".join(
+        f"<figure><img src='{p.name}'><figcaption>{html.escape(c)}</figcaption></figure>" for c, p in figures
+    )
+    errors = "".join(
+        f"<li><code>{html.escape(r['trial_key'])}</code>: {html.escape(str(r['error']))}</li>"
+        for r in errored
+    )
+    html_path = out / "report.html"
+    html_path.write_text(
+        f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}td,th{padding:4px 8px;"
+        "border-bottom:1px solid #ddd;text-align:left}img{max-width:100%}</style>"
+        f"<h1>{html.escape(title)}</h1><p>{len(rows)} trials stored.</p>"
+        f"<table><tr>{head}</tr>{cells}</table>{images}"
+        + (f"<h2>Errored trials</h2><ul>{errors}</ul>" if errored else "")
+    )
+    return md_path, html_path

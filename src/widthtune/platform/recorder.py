@@ -1,0 +1,219 @@
+"""The driver-side Tune callback that records every trial: epoch journal, MLflow child run, Parquet rows."""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+from widthtune.analysis.plots import width_profile_plot
+from widthtune.models.artifact import make_artifact
+from widthtune.models.registry import channel_space
+from widthtune.platform.store import EpochJournal, write_trial
+from widthtune.platform.tracking import Tracking, TrialRuns
+
+EPOCH_METRICS = (
+    "epoch",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "test_loss",
+    "test_acc",
+    "lr",
+    "seconds",
+    "images_per_second",
+    "images_seen",
+    "train_flops",
+    "macs",
+    "params",
+    "search_flops",
+)
+
+
+def trial_key(study: str, trial_id: str) -> str:
+    """A trial's name in the store and in MLflow: unique across the experiment's studies."""
+    return f"{study}__{trial_id}"
+
+
+def error_reason(trial: Any) -> str:
+    """The last line of the trial's error: exception type and message, without the traceback."""
+    try:
+        error = trial.get_pickled_error()
+    except Exception:
+        error = None
+    cause = getattr(error, "cause", None) or error
+    if cause is not None:
+        text = "".join(traceback.format_exception_only(type(cause), cause)).strip()
+        return text.splitlines()[-1] if text else type(cause).__name__
+    if trial.error_file and Path(trial.error_file).is_file():
+        lines = [line for line in Path(trial.error_file).read_text().splitlines() if line.strip()]
+        return lines[-1] if lines else "error"
+    return "error"
+
+
+class TrialRecorder(tune.Callback):
+    """Journals each result, logs it to the trial's MLflow child run, and stores the trial when it ends.
+
+    Picklable (Tune saves it with the run); its clients and caches are rebuilt after a restore.
+    """
+
+    def __init__(self, directory: str, study: str, tracking: Tracking, config_hash: str, role: str = "trial"):
+        self.directory = directory
+        self.study = study
+        self.tracking = tracking
+        self.config_hash = config_hash
+        self.role = role
+        self._runs: TrialRuns | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_runs"] = None
+        return state
+
+    @property
+    def runs(self) -> TrialRuns:
+        """MLflow child runs (made on first use in this process)."""
+        if self._runs is None:
+            self._runs = TrialRuns(self.tracking)
+        return self._runs
+
+    @property
+    def results_root(self) -> Path:
+        """The Parquet store."""
+        return Path(self.directory) / "results"
+
+    def _tags(self, config: dict[str, Any]) -> dict[str, str]:
+        return {
+            "widthtune.method": str(config.get("method")),
+            "widthtune.label": str(config.get("label")),
+            "widthtune.role": self.role,
+            "widthtune.study": self.study,
+            "widthtune.model": str(config.get("model")),
+            "widthtune.dataset": str(config.get("data.name", "digits")),
+            "widthtune.cost_target": json.dumps(
+                {k.split(".", 1)[1]: v for k, v in config.items() if k.startswith("cost_target.")}
+            ),
+            "widthtune.seed": str(config.get("seed")),
+            "widthtune.config_hash": self.config_hash,
+        }
+
+    def _run(self, trial: Any) -> str:
+        key = trial_key(self.study, trial.trial_id)
+        return self.runs.run_for(
+            key, f"{self.study}/{trial.trial_id}", self._tags(trial.config), trial.config
+        )
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        """Journal and log one epoch."""
+        if "error" in result:
+            return
+        key = trial_key(self.study, trial.trial_id)
+        record = {k: result[k] for k in EPOCH_METRICS if k in result}
+        EpochJournal(self.results_root).append(key, record)
+        self._run(trial)
+        metrics = {k: v for k, v in record.items() if isinstance(v, int | float)}
+        self.runs.log_epoch(key, int(result["epoch"]), metrics, int(time.time() * 1000))
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """A trial finished, was stopped by the scheduler, or reported a non-finite loss."""
+        last = trial.last_result or {}
+        self._store(trial, last.get("error"))
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """A trial raised (after its retries): record it as errored with its reason."""
+        self._store(trial, error_reason(trial))
+
+    def _store(self, trial: Any, error: str | None) -> None:
+        key = trial_key(self.study, trial.trial_id)
+        config = dict(trial.config)
+        last = trial.last_result or {}
+        epochs = EpochJournal(self.results_root).read(key)
+        run_id = self._run(trial)
+        planned = int(last.get("epochs") or config.get("train.epochs", 30))
+        trained = max((int(e["epoch"]) for e in epochs), default=0)
+        status = "errored" if error else ("completed" if trained >= planned else "stopped")
+        row: dict[str, Any] = {
+            "trial_key": key,
+            "trial_id": trial.trial_id,
+            "experiment": config.get("experiment"),
+            "study": self.study,
+            "method": config.get("method"),
+            "label": config.get("label"),
+            "role": self.role,
+            "config_hash": self.config_hash,
+            "model": config.get("model"),
+            "dataset": config.get("data.name", "digits"),
+            "seed": config.get("seed"),
+            "epochs_planned": planned,
+            "epochs_trained": trained,
+            "status": status,
+            "error": error,
+            "params_json": json.dumps(config, sort_keys=True, default=str),
+            "mlflow_run_id": run_id,
+            "finished_at": time.time(),
+        }
+        for name in (
+            "cost_target",
+            "cost_convention",
+            "cost_target_label",
+            "multiplier",
+            "macs",
+            "flops",
+            "params",
+        ):
+            row[name] = last.get(name)
+        for name in ("search_flops", "search_seconds", "train_flops"):
+            row[name] = last.get(name)
+        if epochs:
+            final = epochs[-1]
+            row.update(
+                final_val_acc=final.get("val_acc"),
+                final_val_loss=final.get("val_loss"),
+                final_test_acc=final.get("test_acc"),
+                final_test_loss=final.get("test_loss"),
+                train_flops=final.get("train_flops"),
+            )
+            scored = [e for e in epochs if e.get("val_acc") is not None]
+            if scored:
+                best = max(scored, key=lambda e: e["val_acc"])
+                row.update(
+                    best_val_acc=best["val_acc"],
+                    best_val_epoch=best["epoch"],
+                    test_acc_at_best_val=best["test_acc"],
+                )
+        row["wall_seconds"] = (last.get("search_seconds") or 0.0) + sum(e.get("seconds", 0.0) for e in epochs)
+        artifacts: list[Path] = []
+        widths = last.get("widths")
+        if widths:
+            space = channel_space(config["model"])
+            row["group_names"] = list(space.names)
+            row["widths"] = [int(widths[n]) for n in space.names]
+            row["base_widths"] = [g.base for g in space]
+            folder = Path(self.directory) / "trials" / key
+            artifact = make_artifact(
+                config["model"],
+                widths,
+                method=str(config.get("method")),
+                provenance={"trial_key": key, "study": self.study, "seed": config.get("seed")},
+            )
+            artifacts.append(artifact.save(folder / "widths.json"))
+            ratios = [w / b for w, b in zip(row["widths"], row["base_widths"], strict=True)]
+            artifacts.append(
+                width_profile_plot(
+                    space.names, {key: ratios}, folder / "width_profile.png", title=f"{key} widths / base"
+                )
+            )
+        write_trial(
+            self.results_root,
+            row,
+            [{**e, "study": self.study, "label": row["label"], "seed": row["seed"]} for e in epochs],
+        )
+        outcome = {"widthtune.status": status}
+        if error:
+            outcome["widthtune.error"] = error
+        self.runs.finish(key, status, outcome, artifacts)

@@ -1,0 +1,207 @@
+"""The runner: assembles `tune.Tuner` per study from the config, runs them in order, and resumes them.
+
+The experiment directory holds everything local: `experiment.json` (config, hash, MLflow ids, study status),
+`config.yaml`, `mlflow.db` (default store), `results/` (the Parquet store), `tune/` (Tune's checkpoints,
+unless `storage` is a URI), and the report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from widthtune.platform.config import ConfigError, ExperimentConfig, validate_config
+from widthtune.platform.progress import ProgressLine
+from widthtune.platform.recorder import TrialRecorder
+from widthtune.platform.studies import Study, make_scheduler, make_searcher, plan_studies
+from widthtune.platform.tracking import Tracking, open_parent_run, sqlite_uri
+from widthtune.trainables.adapter import run_trial
+
+STATE_FILE = "experiment.json"
+FORMAT = "widthtune.experiment"
+
+
+class ExperimentExistsError(ConfigError):
+    """The experiment directory is taken: resume it or choose another name."""
+
+
+def experiment_dir(config: ExperimentConfig) -> Path:
+    """The local experiment directory (absolute: trials change their working directory)."""
+    root = config.storage if "://" not in config.storage else config.local_dir
+    return (Path(root).expanduser() / config.name).resolve()
+
+
+def tune_storage(config: ExperimentConfig, directory: Path) -> str:
+    """Where Tune keeps checkpoints and its experiment state: `tune/` locally, or the storage URI."""
+    if "://" in config.storage:
+        return f"{config.storage.rstrip('/')}/{config.name}"
+    return str(directory / "tune")
+
+
+def _environment() -> None:
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault(
+        "TUNE_GLOBAL_CHECKPOINT_S", "2"
+    )  # experiment state saved often: a killed driver loses little
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our progress line replaces Tune's tables
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+def start_ray(config: ExperimentConfig) -> None:
+    """Connect to RAY_ADDRESS when set, else start a local Ray; check the cluster has the requested resources."""
+    import ray
+
+    _environment()
+    if not ray.is_initialized():
+        address = os.environ.get("RAY_ADDRESS") or None
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    available = ray.cluster_resources()
+    if config.resources.gpu > available.get("GPU", 0):
+        raise ConfigError(
+            f"resources.gpu: {config.resources.gpu} per trial, but the Ray cluster has {available.get('GPU', 0)} GPUs"
+        )
+    if config.resources.cpu > available.get("CPU", 0):
+        raise ConfigError(
+            f"resources.cpu: {config.resources.cpu} per trial, but the Ray cluster has {available.get('CPU', 0)} CPUs"
+        )
+
+
+def read_state(directory: Path) -> dict[str, Any]:
+    """The experiment's saved state."""
+    path = Path(directory).expanduser().resolve() / STATE_FILE
+    if not path.is_file():
+        raise ConfigError(f"{str(directory)!r} is not a widthtune experiment directory (no {STATE_FILE})")
+    state = json.loads(path.read_text())
+    if state.get("format") != FORMAT:
+        raise ConfigError(f"{str(path)!r} is not a widthtune experiment state file")
+    return state
+
+
+def _write_state(directory: Path, state: dict[str, Any]) -> None:
+    partial = directory / (STATE_FILE + ".partial")
+    partial.write_text(json.dumps(state, indent=2) + "\n")
+    os.replace(partial, directory / STATE_FILE)
+
+
+def _trainable(config: ExperimentConfig) -> Any:
+    from ray import tune
+
+    return tune.with_resources(run_trial, {"cpu": config.resources.cpu, "gpu": config.resources.gpu})
+
+
+def _tuner(study: Study, config: ExperimentConfig, directory: Path, state: dict[str, Any]) -> Any:
+    from ray import tune
+
+    path = f"{state['tune_storage']}/{study.key}"
+    trainable = _trainable(config)
+    if tune.Tuner.can_restore(path):
+        return tune.Tuner.restore(
+            path, trainable, resume_unfinished=True, resume_errored=False, restart_errored=False
+        )
+    tracking = Tracking(**state["tracking"])
+    callbacks = [
+        TrialRecorder(str(directory), study.key, tracking, state["config_hash"]),
+        ProgressLine(
+            study.key, config.metric, "max" if config.metric == "val_acc" else "min", study.num_samples
+        ),
+    ]
+    searcher = make_searcher(study, config)
+    return tune.Tuner(
+        trainable,
+        param_space={} if study.search.name == "optuna" else study.param_space(),
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            scheduler=make_scheduler(study, config),
+            num_samples=study.num_samples,
+            reuse_actors=False,
+        ),
+        run_config=tune.RunConfig(
+            name=study.key,
+            storage_path=state["tune_storage"],
+            verbose=0,
+            callbacks=callbacks,
+            failure_config=tune.FailureConfig(max_failures=config.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        ),
+    )
+
+
+def create_experiment(config: ExperimentConfig) -> Path:
+    """Make the experiment directory, the MLflow experiment and parent run, and the saved state; start nothing."""
+    directory = experiment_dir(config)
+    if (directory / STATE_FILE).exists():
+        raise ExperimentExistsError(
+            f"name: experiment {config.name!r} already exists in {directory}; "
+            f"continue it with `widthtune resume {directory}` or choose another name (--set name=...)"
+        )
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.yaml").write_text(yaml.safe_dump(config.as_dict(), sort_keys=False))
+    uri = config.tracking_uri or sqlite_uri(directory)
+    tracking = open_parent_run(
+        uri,
+        config.name,
+        directory / "mlartifacts",
+        run_name=f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+        tags={
+            "widthtune.kind": config.kind,
+            "widthtune.config_hash": config.digest(),
+            "widthtune.dir": str(directory),
+        },
+    )
+    studies = plan_studies(config)
+    state = {
+        "format": FORMAT,
+        "version": 1,
+        "name": config.name,
+        "kind": config.kind,
+        "created": time.time(),
+        "config": config.as_dict(),
+        "config_hash": config.digest(),
+        "tracking": {
+            "uri": tracking.uri,
+            "experiment_id": tracking.experiment_id,
+            "parent_run_id": tracking.parent_run_id,
+        },
+        "tune_storage": tune_storage(config, directory),
+        "studies": {s.key: "pending" for s in studies},
+    }
+    _write_state(directory, state)
+    return directory
+
+
+def execute(directory: Path, say: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run (or continue) every study that is not done; returns the final state."""
+    directory = Path(directory).expanduser().resolve()
+    state = read_state(directory)
+    config = validate_config(state["config"])
+    start_ray(config)
+    tracking = Tracking(**state["tracking"])
+    tracking.client().update_run(tracking.parent_run_id, status="RUNNING")
+    for study in plan_studies(config):
+        if state["studies"].get(study.key) == "done":
+            continue
+        state["studies"][study.key] = "running"
+        _write_state(directory, state)
+        say(
+            f"study {study.key}: {study.method}, search {study.search.name}, scheduler {study.scheduler.name}"
+        )
+        _tuner(study, config, directory, state).fit()
+        state["studies"][study.key] = "done"
+        _write_state(directory, state)
+    tracking.client().set_terminated(tracking.parent_run_id, status="FINISHED")
+    return state
+
+
+def run_experiment(config: ExperimentConfig, say: Callable[[str], None] = print) -> Path:
+    """Create the experiment, then run it."""
+    directory = create_experiment(config)
+    say(f"experiment {config.name}: {directory}")
+    execute(directory, say)
+    return directory

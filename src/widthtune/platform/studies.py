@@ -1,0 +1,255 @@
+"""From a config to studies: one Tune run each, with its param space, searcher and scheduler.
+
+A study is one method under one search. `grid` values and `seeds` are enumerated: inside one study for
+Tune's variant generator, or as separate studies for Optuna (an Optuna study searches; it does not enumerate).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from widthtune.models.cost import CostModel
+from widthtune.models.registry import canonical_spec
+from widthtune.platform.config import OBJECTIVES, ExperimentConfig, MethodEntry, SchedulerConfig, SearchConfig
+from widthtune.search_spaces.cost_target import resolve_cost_target
+from widthtune.search_spaces.domains import Domain, is_space, parse_domain, split_spaces, unflatten
+from widthtune.search_spaces.width_space import WidthSpace, cost_constraint
+from widthtune.trainables.methods import get_method
+from widthtune.training.loop import TrainConfig
+
+
+@dataclass(frozen=True)
+class Study:
+    """One Tune run: a method label, its searcher and scheduler, fixed values and the spaces left to search."""
+
+    key: str
+    label: str
+    method: str
+    search: SearchConfig
+    scheduler: SchedulerConfig
+    num_samples: int
+    seed: int
+    constants: Mapping[str, Any]
+    domains: Mapping[str, Domain]
+    width_space: WidthSpace | None = None
+    enumerated: Mapping[str, Any] = field(default_factory=dict)
+
+    def param_space(self) -> dict[str, Any]:
+        """The Tune param space (variant generator): constants, sampled domains, grids as grid_search."""
+        space: dict[str, Any] = dict(self.constants)
+        space.update({k: d.to_tune() for k, d in self.domains.items()})
+        if self.width_space is not None:
+            space.update(self.width_space.to_tune())
+        return space
+
+
+@dataclass(frozen=True)
+class OptunaSpace:
+    """Define-by-run space for Optuna: suggests every domain and width dimension, sets the cost constraint."""
+
+    constants: Mapping[str, Any]
+    domains: Mapping[str, Domain]
+    width_space: WidthSpace | None
+    cost_model: CostModel | None
+
+    def __call__(self, trial: Any) -> dict[str, Any]:
+        """Suggest; return the constants Tune merges into the trial config."""
+        sampled = {name: domain.suggest(trial, name) for name, domain in self.domains.items()}
+        if self.width_space is not None:
+            sampled.update(self.width_space.suggest(trial))
+            flat = {**self.constants, **sampled}
+            target = resolve_cost_target(unflatten(flat, "cost_target"), self.cost_model)
+            if target is not None and not self.width_space.matched:
+                widths = self.width_space.widths(flat)
+                cost = self.cost_model.cost(widths, target.convention)
+                trial.set_user_attr("cost_constraint", (cost / target.value - 1.0,))
+        return dict(self.constants)
+
+
+def _flat_constants(config: ExperimentConfig) -> tuple[dict[str, Any], dict[str, Domain]]:
+    constants: dict[str, Any] = {
+        "experiment": config.name,
+        "model": str(canonical_spec(config.model)),
+        "metric": config.metric,
+        "resources.cpu": config.resources.cpu,
+    }
+    domains: dict[str, Domain] = {}
+    for section in ("data", "train", "cost_target"):
+        values = getattr(config, section) or {}
+        c, d = split_spaces(values, section)
+        constants.update(c)
+        domains.update(d)
+    return constants, domains
+
+
+def plan_studies(config: ExperimentConfig) -> list[Study]:
+    """Every study of the experiment, in run order."""
+    base_constants, base_domains = _flat_constants(config)
+    studies: list[Study] = []
+    for entry, label in zip(config.entries, config.labels(), strict=True):
+        studies.extend(_studies_for(config, entry, label, base_constants, base_domains))
+    return studies
+
+
+def _studies_for(
+    config: ExperimentConfig,
+    entry: MethodEntry,
+    label: str,
+    base_constants: dict[str, Any],
+    base_domains: dict[str, Domain],
+) -> list[Study]:
+    method = get_method(entry.name)
+    hyper_constants, hyper_domains = split_spaces(entry.hyperparameters, "method")
+    constants = {**base_constants, **hyper_constants, "method": entry.name, "label": label}
+    domains = {**base_domains, **hyper_domains}
+    search = entry.search or config.search
+    scheduler = entry.scheduler or config.scheduler
+    width_space = None
+    if method.width_space is not None:
+        width_space = method.width_space(
+            CostModel.from_spec(config.model).space,
+            {k[len("method.") :]: v for k, v in hyper_constants.items()},
+        )
+    if scheduler.name == "pbt":  # PBT mutates keys that must already be in every trial's config
+        defaults = {f"train.{f.name}": f.default for f in dataclasses.fields(TrainConfig)}
+        for key in scheduler.hyperparam_mutations:
+            if key not in constants and key not in domains:
+                constants[key] = defaults[key]
+    searched = any(d.kind != "grid" for d in domains.values()) or width_space is not None
+    num_samples = (entry.num_samples or config.num_samples) if searched else 1
+    if search.name != "optuna":
+        seeds = config.seeds
+        grid_seed = {"seed": Domain("grid", tuple(seeds))} if len(seeds) > 1 else {}
+        const = {**constants, **({} if grid_seed else {"seed": seeds[0]})}
+        if search.name == "grid":
+            domains = {k: Domain("grid", d.values) if d.kind == "choice" else d for k, d in domains.items()}
+        return [
+            Study(
+                key=label,
+                label=label,
+                method=entry.name,
+                search=search,
+                scheduler=scheduler,
+                num_samples=num_samples,
+                seed=seeds[0],
+                constants={**const, "study": label},
+                domains={**domains, **grid_seed},
+                width_space=width_space,
+            )
+        ]
+    grids = {k: d for k, d in domains.items() if d.kind == "grid"}
+    loose = {k: d for k, d in domains.items() if d.kind != "grid"}
+    studies = []
+    for seed in config.seeds:
+        for values in itertools.product(*(d.values for d in grids.values())):
+            picked = dict(zip(grids, values, strict=True))
+            suffix = "".join(f"-{k.split('.')[-1]}={v}" for k, v in picked.items())
+            key = f"{label}-s{seed}{suffix}"
+            studies.append(
+                Study(
+                    key=key,
+                    label=label,
+                    method=entry.name,
+                    search=search,
+                    scheduler=scheduler,
+                    num_samples=num_samples,
+                    seed=seed,
+                    constants={**constants, **picked, "seed": seed, "study": key},
+                    domains=loose,
+                    width_space=width_space,
+                    enumerated=picked,
+                )
+            )
+    return studies
+
+
+def objectives(study: Study, metric: str) -> tuple[list[str], list[str]]:
+    """The searcher's metrics and modes (one objective unless the config names several)."""
+    names = list(study.search.objectives or [metric])
+    return names, [OBJECTIVES[n] for n in names]
+
+
+def make_searcher(study: Study, config: ExperimentConfig) -> Any:
+    """Tune's variant generator, or OptunaSearch over a define-by-run space with the cost constraint."""
+    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
+
+    if study.search.name != "optuna":
+        return BasicVariantGenerator(random_state=study.seed, max_concurrent=study.search.max_concurrent or 0)
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    samplers = {
+        "tpe": optuna.samplers.TPESampler,
+        "nsga2": optuna.samplers.NSGAIISampler,
+        "gp": optuna.samplers.GPSampler,
+    }
+    sampler = samplers[study.search.sampler](seed=study.seed, constraints_func=cost_constraint)
+    metrics, modes = objectives(study, config.metric)
+    space = OptunaSpace(study.constants, study.domains, study.width_space, CostModel.from_spec(config.model))
+    searcher = OptunaSearch(
+        space=space,
+        metric=metrics if len(metrics) > 1 else metrics[0],
+        mode=modes if len(modes) > 1 else modes[0],
+        sampler=sampler,
+    )
+    if study.search.max_concurrent:
+        return ConcurrencyLimiter(searcher, max_concurrent=study.search.max_concurrent)
+    return searcher
+
+
+def max_epochs(config: ExperimentConfig) -> int:
+    """The longest training any trial can get (a scheduler's max_t)."""
+    epochs = config.train.get("epochs", 30)
+    if is_space(epochs):
+        _, domains = split_spaces({"epochs": epochs}, "")
+        return int(max(domains["epochs"].candidates()))
+    return int(epochs)
+
+
+def make_scheduler(study: Study, config: ExperimentConfig) -> Any:
+    """The configured Tune scheduler; time is the `epoch` each trial reports."""
+    from ray.tune import schedulers
+
+    cfg, metric = study.scheduler, config.metric
+    mode = OBJECTIVES[metric]
+    max_t = max_epochs(config)
+    if cfg.name == "asha":
+        return schedulers.ASHAScheduler(
+            time_attr="epoch",
+            metric=metric,
+            mode=mode,
+            max_t=max_t,
+            grace_period=min(cfg.grace_period, max_t),
+            reduction_factor=cfg.reduction_factor,
+        )
+    if cfg.name == "hyperband":
+        return schedulers.HyperBandScheduler(
+            time_attr="epoch", metric=metric, mode=mode, max_t=max_t, reduction_factor=cfg.reduction_factor
+        )
+    if cfg.name == "median":
+        return schedulers.MedianStoppingRule(
+            time_attr="epoch",
+            metric=metric,
+            mode=mode,
+            grace_period=cfg.grace_period,
+            min_samples_required=cfg.min_samples_required,
+        )
+    if cfg.name == "pbt":
+        mutations = {
+            k: parse_domain(f"scheduler.hyperparam_mutations.{k}", v).to_tune() if is_space(v) else list(v)
+            for k, v in cfg.hyperparam_mutations.items()
+        }
+        return schedulers.PopulationBasedTraining(
+            time_attr="epoch",
+            metric=metric,
+            mode=mode,
+            perturbation_interval=cfg.perturbation_interval,
+            hyperparam_mutations=mutations,
+            quantile_fraction=cfg.quantile_fraction,
+            resample_probability=cfg.resample_probability,
+        )
+    return schedulers.FIFOScheduler()

@@ -1,0 +1,116 @@
+"""MLflow tracking: one experiment per config name, a parent run per widthtune experiment, a child run per trial.
+
+Only the driver talks to MLflow (trials may run on other nodes that cannot reach a local sqlite store). The
+default store is sqlite inside the experiment directory, created by the driver before any trial starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+PARENT_TAG = "mlflow.parentRunId"
+TRIAL_KEY_TAG = "widthtune.trial_key"
+MAX_PARAM_LENGTH = 500
+
+
+@dataclass(frozen=True)
+class Tracking:
+    """Where the experiment's runs live: the store, the MLflow experiment and the widthtune parent run."""
+
+    uri: str
+    experiment_id: str
+    parent_run_id: str
+
+    def client(self) -> MlflowClient:
+        """A client for this store (cheap; made where it is used, never global)."""
+        return MlflowClient(tracking_uri=self.uri)
+
+
+def sqlite_uri(directory: Path) -> str:
+    """The default store: a sqlite file in the experiment directory (absolute path)."""
+    return f"sqlite:///{(directory / 'mlflow.db').resolve()}"
+
+
+def ui_command(uri: str) -> str:
+    """The exact command that opens the MLflow UI on this store."""
+    if uri.startswith("sqlite:"):
+        return f"mlflow ui --backend-store-uri {uri}"
+    return f"open {uri} in a browser (MLflow tracking server)"
+
+
+def open_parent_run(
+    uri: str, experiment_name: str, artifact_root: Path, run_name: str, tags: Mapping[str, str]
+) -> Tracking:
+    """Create (or reuse) the MLflow experiment and start the parent run of this widthtune experiment."""
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        location = artifact_root.resolve().as_uri() if uri.startswith("sqlite:") else None
+        experiment_id = client.create_experiment(experiment_name, artifact_location=location)
+    else:
+        experiment_id = experiment.experiment_id
+    run = client.create_run(experiment_id, run_name=run_name, tags={"widthtune.role": "experiment", **tags})
+    return Tracking(uri, experiment_id, run.info.run_id)
+
+
+def _param_value(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= MAX_PARAM_LENGTH else text[: MAX_PARAM_LENGTH - 3] + "..."
+
+
+class TrialRuns:
+    """Child runs keyed by trial; finds an existing run after a resume, and never logs an epoch twice."""
+
+    def __init__(self, tracking: Tracking) -> None:
+        self.tracking = tracking
+        self.client = tracking.client()
+        self.run_ids: dict[str, str] = {}
+        self.logged_epoch: dict[str, int] = {}
+
+    def run_for(self, key: str, name: str, tags: Mapping[str, str], params: Mapping[str, Any]) -> str:
+        """The trial's child run: found by its key tag, else created with its params and tags."""
+        if key in self.run_ids:
+            return self.run_ids[key]
+        found = self.client.search_runs(
+            [self.tracking.experiment_id], filter_string=f"tags.`{TRIAL_KEY_TAG}` = '{key}'", max_results=1
+        )
+        if found:
+            run_id = found[0].info.run_id
+            history = self.client.get_metric_history(run_id, "epoch")
+            self.logged_epoch[key] = max((int(m.value) for m in history), default=0)
+        else:
+            run = self.client.create_run(
+                self.tracking.experiment_id,
+                run_name=name,
+                tags={PARENT_TAG: self.tracking.parent_run_id, TRIAL_KEY_TAG: key, **tags},
+            )
+            run_id = run.info.run_id
+            items = [Param(k, _param_value(v)) for k, v in sorted(params.items()) if v is not None]
+            for start in range(0, len(items), 100):
+                self.client.log_batch(run_id, params=items[start : start + 100])
+            self.logged_epoch[key] = 0
+        self.run_ids[key] = run_id
+        return run_id
+
+    def log_epoch(self, key: str, epoch: int, metrics: Mapping[str, float], timestamp_ms: int) -> None:
+        """Metrics at step=epoch, once per epoch."""
+        if epoch <= self.logged_epoch.get(key, 0):
+            return
+        items = [Metric(k, float(v), timestamp_ms, epoch) for k, v in metrics.items()]
+        self.client.log_batch(self.run_ids[key], metrics=items)
+        self.logged_epoch[key] = epoch
+
+    def finish(self, key: str, status: str, tags: Mapping[str, str], artifacts: list[Path]) -> None:
+        """Tag the outcome, attach artifacts, close the run (FINISHED, KILLED when stopped early, FAILED)."""
+        run_id = self.run_ids[key]
+        self.client.log_batch(run_id, tags=[RunTag(k, _param_value(v)) for k, v in tags.items()])
+        for path in artifacts:
+            self.client.log_artifact(run_id, str(path))
+        mlflow_status = {"completed": "FINISHED", "stopped": "KILLED"}.get(status, "FAILED")
+        self.client.set_terminated(run_id, status=mlflow_status)

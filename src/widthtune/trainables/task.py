@@ -1,0 +1,64 @@
+"""The method protocol: every method is `search(task) -> SearchResult`, testable without Ray."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from widthtune.models.cost import CostModel
+from widthtune.models.space import ChannelSpace
+from widthtune.models.spec import ModelSpec
+from widthtune.models.widths import Widths
+from widthtune.training.datasets import DatasetSplits
+from widthtune.training.loop import TrainConfig
+
+
+@dataclass(frozen=True)
+class Task:
+    """What a method is asked to solve: a model, its data, a training recipe, a cost target and its settings.
+
+    `params` are the method's hyperparameters for this trial (spaces already sampled); `trial_params` is the
+    whole flat trial config, where a method that searches widths directly finds its `widths.*` dimensions.
+    """
+
+    model: ModelSpec
+    data: DatasetSplits
+    train: TrainConfig
+    cost_model: CostModel
+    cost_target: float | None
+    convention: str = "macs"
+    params: Mapping[str, Any] = field(default_factory=dict)
+    trial_params: Mapping[str, Any] = field(default_factory=dict)
+    seed: int = 0
+
+    @property
+    def space(self) -> ChannelSpace:
+        """The model's channel groups."""
+        return self.cost_model.space
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """A method's answer: a width vector (or shape), what finding it cost, and whether to match it to the target.
+
+    `search_flops` counts forward + backward as 3 x forward, per the design's accounting rule.
+    """
+
+    widths: Widths
+    search_flops: float = 0.0
+    match_target: bool = True
+    info: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registered method: its search function, its hyperparameters with defaults, and how to check them."""
+
+    name: str
+    search: Callable[[Task], SearchResult]
+    defaults: Mapping[str, Any]
+    summary: str
+    check: Callable[[Mapping[str, Any]], None] = lambda params: None
+    width_space: Callable[[ChannelSpace, Mapping[str, Any]], Any] | None = None
+    searchable: bool = True
