@@ -37,10 +37,16 @@ MALFORMED = [
     (with_(train={"lr": -1}), "train.lr: -1 is not allowed"),
     (with_(train={"lr": {"uniform": [0.2, 0.1]}}), "train.lr: {uniform: [0.2, 0.1]} needs low < high"),
     (with_(train={"lrr": 0.1}), "train.lrr: unknown field"),
-    (with_(train={"schedule": {"choice": ["cosine", "sawtooth"]}}), "train.schedule: 'sawtooth' is not allowed"),
+    (
+        with_(train={"schedule": {"choice": ["cosine", "sawtooth"]}}),
+        "train.schedule: 'sawtooth' is not allowed",
+    ),
     (with_(data={"name": "mnist"}), "data.name: 'mnist' is not a dataset"),
     (with_(data={"name": "cifar10"}), "data.root: cifar10 is read from disk"),
-    (with_(data={"name": "cifar10", "root": "/nonexistent/cifar"}), "data.root: '/nonexistent/cifar' is not a folder"),
+    (
+        with_(data={"name": "cifar10", "root": "/nonexistent/cifar"}),
+        "data.root: '/nonexistent/cifar' is not a folder",
+    ),
     (with_(data={"val_fraction": 0}), "data.val_fraction: 0 leaves no validation split"),
     (with_(method="magic"), "method.name: 'magic' is not a method"),
     (with_(method={"name": "random", "lo": 0.1}), "methods[random].lo: unknown hyperparameter"),
@@ -102,9 +108,17 @@ def test_optuna_enumerates_seeds_and_grids_as_studies_random_keeps_one():
     )
     studies = plan_studies(validate_config(raw))
     keys = [s.key for s in studies]
-    assert keys == ["direct-s0-ratio=0.25", "direct-s0-ratio=0.5", "direct-s1-ratio=0.25", "direct-s1-ratio=0.5", "rand"]
+    assert keys == [
+        "direct-s0-ratio=0.25",
+        "direct-s0-ratio=0.5",
+        "direct-s1-ratio=0.25",
+        "direct-s1-ratio=0.5",
+        "rand",
+    ]
     rand = studies[-1].param_space()
-    assert rand["seed"] == {"grid_search": [0, 1]} and rand["cost_target.ratio"] == {"grid_search": [0.25, 0.5]}
+    assert rand["seed"] == {"grid_search": [0, 1]} and rand["cost_target.ratio"] == {
+        "grid_search": [0.25, 0.5]
+    }
     assert studies[-1].num_samples == 1 and studies[0].num_samples == 3
     assert studies[0].constants["seed"] == 0 and studies[0].constants["cost_target.ratio"] == 0.25
 
@@ -117,7 +131,9 @@ def test_cli_run_with_a_bad_config_exits_2_with_one_line_and_starts_nothing(tmp_
     )
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("widthtune: error: train") and "Traceback" not in done.stderr
+    assert (
+        len(lines) == 1 and lines[0].startswith("widthtune: error: train") and "Traceback" not in done.stderr
+    )
     assert not (tmp_path / "runs").exists()
 
 

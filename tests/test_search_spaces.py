@@ -58,7 +58,11 @@ def test_optuna_define_by_run_samples_inside_each_domain():
 def test_nested_values_flatten_and_unflatten():
     constants, domains = split_spaces({"lr": {"uniform": [0.1, 0.2]}, "epochs": 3, "x": {"y": 1}}, "train")
     assert constants == {"train.epochs": 3, "train.x.y": 1} and list(domains) == ["train.lr"]
-    assert unflatten({**constants, "train.lr": 0.15, "other": 1}, "train") == {"epochs": 3, "x": {"y": 1}, "lr": 0.15}
+    assert unflatten({**constants, "train.lr": 0.15, "other": 1}, "train") == {
+        "epochs": 3,
+        "x": {"y": 1},
+        "lr": 0.15,
+    }
 
 
 def test_stage_space_has_one_dimension_per_stage(cost_model):

@@ -14,7 +14,13 @@ def test_resume_from_state_matches_uninterrupted_training():
 
     states = []
     first = create_model("resnet_cifar:depth=8", seed=1)
-    train(first, data, TrainConfig(**{**config.__dict__, "epochs": 4}), on_checkpoint=states.append, on_epoch=None)
+    train(
+        first,
+        data,
+        TrainConfig(**{**config.__dict__, "epochs": 4}),
+        on_checkpoint=states.append,
+        on_epoch=None,
+    )
     halfway = states[1]
     assert halfway.epoch == 2
     resumed_model = create_model("resnet_cifar:depth=8", seed=99)  # weights come from the state

@@ -153,12 +153,16 @@ def _print_table(directory: Path) -> None:
     Console(width=None if sys.stdout.isatty() else 160).print(table)
 
 
-def _finish(directory: Path) -> None:
+def _finish(directory: Path, write: bool = False) -> None:
     from widthtune.analysis.report import write_report
     from widthtune.platform.runner import read_state
     from widthtune.platform.tracking import ui_command
 
-    md, page = write_report(directory)
+    md, page = (
+        write_report(directory)
+        if write
+        else (directory / "report" / "report.md", directory / "report" / "report.html")
+    )
     _print_table(directory)
     print(f"report: {page}  (markdown: {md})")
     print(f"MLflow UI: {ui_command(read_state(directory)['tracking']['uri'])}")
@@ -191,7 +195,7 @@ def report(directory: Annotated[Path, typer.Argument(help="the experiment direct
     from widthtune.platform.runner import read_state
 
     read_state(directory)
-    _finish(directory.expanduser().resolve())
+    _finish(directory.expanduser().resolve(), write=True)
 
 
 @app.command(name="ls")

@@ -10,7 +10,6 @@ import numpy as np
 from widthtune.models.cost import CostModel
 from widthtune.models.widths import Widths, smallest_width
 
-
 # relative multiplier offsets tried when rounding around the bisected multiplier misses the tolerance
 NEIGHBOUR_STEPS = tuple(sign * k / 100 for k in range(1, 31) for sign in (1, -1))
 

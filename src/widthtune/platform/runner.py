@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from widthtune.analysis.report import write_report
 from widthtune.platform.config import ConfigError, ExperimentConfig, validate_config
 from widthtune.platform.progress import ProgressLine
 from widthtune.platform.recorder import TrialRecorder
@@ -195,7 +196,11 @@ def execute(directory: Path, say: Callable[[str], None] = print) -> dict[str, An
         _tuner(study, config, directory, state).fit()
         state["studies"][study.key] = "done"
         _write_state(directory, state)
-    tracking.client().set_terminated(tracking.parent_run_id, status="FINISHED")
+    md, page = write_report(directory)
+    client = tracking.client()
+    client.log_artifact(tracking.parent_run_id, str(md))
+    client.log_artifact(tracking.parent_run_id, str(page))
+    client.set_terminated(tracking.parent_run_id, status="FINISHED")
     return state
 
 
