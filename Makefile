@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: test lint unit fast bench venv clean
+.PHONY: test demo lint unit fast bench venv clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,10 @@ venv: $(STAMP)
 
 ## make test: ruff, then the whole test suite (GPU tests skip themselves without a GPU)
 test: lint unit
+
+## make demo: the quickstart -- uniform vs random vs direct (Optuna TPE + ASHA) on digits, 2 seeds, MLflow + report
+demo: $(STAMP)
+	RAY_AUTH_MODE=disabled $(BIN)/widthtune quickstart
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
@@ -32,6 +36,7 @@ fast: $(STAMP)
 ## make bench: the benchmarks (figures printed as ratios against a same-run baseline)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/cost_model.py
+	RAY_AUTH_MODE=disabled $(BIN)/python benchmarks/overhead.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache runs
