@@ -205,7 +205,8 @@ def execute(directory: Path, say: Callable[[str], None] = print) -> dict[str, An
 
 
 def run_experiment(config: ExperimentConfig, say: Callable[[str], None] = print) -> Path:
-    """Create the experiment, then run it."""
+    """Create the experiment, then run it (Ray is checked first: a request it cannot meet leaves nothing behind)."""
+    start_ray(config)
     directory = create_experiment(config)
     say(f"experiment {config.name}: {directory}")
     execute(directory, say)

@@ -121,25 +121,23 @@ def _studies_for(
                 constants[key] = defaults[key]
     searched = any(d.kind != "grid" for d in domains.values()) or width_space is not None
     num_samples = (entry.num_samples or config.num_samples) if searched else 1
+    common = {
+        "label": label,
+        "method": entry.name,
+        "search": search,
+        "scheduler": scheduler,
+        "num_samples": num_samples,
+        "width_space": width_space,
+    }
     if search.name != "optuna":
         seeds = config.seeds
         grid_seed = {"seed": Domain("grid", tuple(seeds))} if len(seeds) > 1 else {}
-        const = {**constants, **({} if grid_seed else {"seed": seeds[0]})}
+        fixed_seed = {} if grid_seed else {"seed": seeds[0]}
         if search.name == "grid":
             domains = {k: Domain("grid", d.values) if d.kind == "choice" else d for k, d in domains.items()}
+        constants = {**constants, **fixed_seed, "study": label}
         return [
-            Study(
-                key=label,
-                label=label,
-                method=entry.name,
-                search=search,
-                scheduler=scheduler,
-                num_samples=num_samples,
-                seed=seeds[0],
-                constants={**const, "study": label},
-                domains={**domains, **grid_seed},
-                width_space=width_space,
-            )
+            Study(key=label, seed=seeds[0], constants=constants, domains={**domains, **grid_seed}, **common)
         ]
     grids = {k: d for k, d in domains.items() if d.kind == "grid"}
     loose = {k: d for k, d in domains.items() if d.kind != "grid"}
@@ -147,22 +145,10 @@ def _studies_for(
     for seed in config.seeds:
         for values in itertools.product(*(d.values for d in grids.values())):
             picked = dict(zip(grids, values, strict=True))
-            suffix = "".join(f"-{k.split('.')[-1]}={v}" for k, v in picked.items())
-            key = f"{label}-s{seed}{suffix}"
+            key = f"{label}-s{seed}" + "".join(f"-{k.split('.')[-1]}={v}" for k, v in picked.items())
+            fixed = {**constants, **picked, "seed": seed, "study": key}
             studies.append(
-                Study(
-                    key=key,
-                    label=label,
-                    method=entry.name,
-                    search=search,
-                    scheduler=scheduler,
-                    num_samples=num_samples,
-                    seed=seed,
-                    constants={**constants, **picked, "seed": seed, "study": key},
-                    domains=loose,
-                    width_space=width_space,
-                    enumerated=picked,
-                )
+                Study(key=key, seed=seed, constants=fixed, domains=loose, enumerated=picked, **common)
             )
     return studies
 
