@@ -46,7 +46,9 @@ def test_sweep_runs_on_a_two_node_cluster_through_ray_address(tmp_path):
         refused = subprocess.run(
             [sys.executable, "-m", "widthtune.cli", "run", str(path)], env=env, capture_output=True, text=True
         )
-        assert refused.returncode == 2 and "resources.gpu: 1.0 per trial" in refused.stderr
+        assert (
+            refused.returncode == 2 and "resources.gpu: 1.0 per trial, but the largest node" in refused.stderr
+        )
         assert "Traceback" not in refused.stderr and not (tmp_path / "too-big").exists()
     finally:
         cluster.shutdown()

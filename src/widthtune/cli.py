@@ -21,6 +21,7 @@ from widthtune.models.spec import SpecError
 from widthtune.models.surgery import SurgeryError
 from widthtune.models.widths import Widths, WidthsError
 from widthtune.platform.config import ConfigError
+from widthtune.platform.interruption import ExperimentInterrupted
 
 app = typer.Typer(
     add_completion=False,
@@ -254,6 +255,9 @@ def main(argv: list[str] | None = None) -> None:
         message = str(error).strip().strip('"') or type(error).__name__
         print(f"widthtune: error: {message}", file=sys.stderr)
         sys.exit(2)
+    except ExperimentInterrupted as error:
+        print(f"widthtune: {error}", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

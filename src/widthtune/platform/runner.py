@@ -18,6 +18,7 @@ import yaml
 
 from widthtune.analysis.report import write_report
 from widthtune.platform.config import ConfigError, ExperimentConfig, validate_config
+from widthtune.platform.interruption import ExperimentInterrupted
 from widthtune.platform.progress import ProgressLine
 from widthtune.platform.recorder import TrialRecorder
 from widthtune.platform.studies import Study, make_scheduler, make_searcher, plan_studies
@@ -63,15 +64,13 @@ def start_ray(config: ExperimentConfig) -> None:
     if not ray.is_initialized():
         address = os.environ.get("RAY_ADDRESS") or None
         ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    available = ray.cluster_resources()
-    if config.resources.gpu > available.get("GPU", 0):
-        raise ConfigError(
-            f"resources.gpu: {config.resources.gpu} per trial, but the Ray cluster has {available.get('GPU', 0)} GPUs"
-        )
-    if config.resources.cpu > available.get("CPU", 0):
-        raise ConfigError(
-            f"resources.cpu: {config.resources.cpu} per trial, but the Ray cluster has {available.get('CPU', 0)} CPUs"
-        )
+    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    for name, key, wanted in (("cpu", "CPU", config.resources.cpu), ("gpu", "GPU", config.resources.gpu)):
+        largest = max((node.get(key, 0) for node in nodes), default=0)
+        if wanted > largest:
+            raise ConfigError(
+                f"resources.{name}: {wanted} per trial, but the largest node of the Ray cluster has {largest} {key}s"
+            )
 
 
 def read_state(directory: Path) -> dict[str, Any]:
@@ -89,6 +88,11 @@ def _write_state(directory: Path, state: dict[str, Any]) -> None:
     partial = directory / (STATE_FILE + ".partial")
     partial.write_text(json.dumps(state, indent=2) + "\n")
     os.replace(partial, directory / STATE_FILE)
+
+
+def trial_dirname(trial: Any) -> str:
+    """Trial folders named by trial id (Tune's default packs the whole flat config into the name)."""
+    return f"trial_{trial.trial_id}"
 
 
 def _trainable(config: ExperimentConfig) -> Any:
@@ -122,6 +126,7 @@ def _tuner(study: Study, config: ExperimentConfig, directory: Path, state: dict[
             scheduler=make_scheduler(study, config),
             num_samples=study.num_samples,
             reuse_actors=False,
+            trial_dirname_creator=trial_dirname,
         ),
         run_config=tune.RunConfig(
             name=study.key,
@@ -193,7 +198,11 @@ def execute(directory: Path, say: Callable[[str], None] = print) -> dict[str, An
         say(
             f"study {study.key}: {study.method}, search {study.search.name}, scheduler {study.scheduler.name}"
         )
-        _tuner(study, config, directory, state).fit()
+        results = _tuner(study, config, directory, state).fit()
+        if results.num_terminated + results.num_errors < len(results):
+            raise ExperimentInterrupted(
+                f"study {study.key} was interrupted with trials unfinished; continue with: widthtune resume {directory}"
+            )
         state["studies"][study.key] = "done"
         _write_state(directory, state)
     md, page = write_report(directory)
