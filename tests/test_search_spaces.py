@@ -7,7 +7,7 @@ from ray import tune
 from widthtune.models.cost import CostModel
 from widthtune.search_spaces.cost_target import parse_quantity, resolve_cost_target
 from widthtune.search_spaces.domains import DomainError, parse_domain, split_spaces, unflatten
-from widthtune.search_spaces.width_space import WidthSpace, cost_constraint
+from widthtune.search_spaces.width_space import WidthSpace, constrain
 
 SPEC = "resnet_cifar:depth=8"
 
@@ -92,12 +92,30 @@ def test_unmatched_space_trains_the_rounded_sample(cost_model):
     assert all(widths[g.name] == g.base // 2 for g in cost_model.space)
 
 
-def test_cost_constraint_reads_what_the_space_set():
-    study = optuna.create_study()
-    trial = study.ask()
-    trial.set_user_attr("cost_constraint", (0.25,))
-    study.tell(trial, 1.0)
-    assert cost_constraint(study.trials[0]) == (0.25,)
+def _maximise_cost(cost_model, constrained):
+    space = WidthSpace(cost_model.space, "stage", 0.25, 2.0, matched=False)
+    target = 0.5 * cost_model.base().macs
+    study = optuna.create_study(
+        direction="maximize", sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=8)
+    )
+    for _ in range(30):
+        trial = study.ask()
+        cost = cost_model.cost(space.widths(space.suggest(trial)))
+        if constrained:
+            constrain(trial, cost, target)
+        study.tell(trial, cost)  # reward cost itself: only the constraint holds it back
+    return study, space, target
+
+
+def test_the_cost_constraint_keeps_optunas_best_within_the_target(cost_model):
+    study, space, target = _maximise_cost(cost_model, constrained=True)
+    first = study.trials[0]
+    assert first.constraints["cost"] == pytest.approx(
+        cost_model.cost(space.widths(first.params)) / target - 1
+    )
+    assert cost_model.cost(space.widths(study.best_trial.params)) <= target
+    free, _, _ = _maximise_cost(cost_model, constrained=False)
+    assert cost_model.cost(space.widths(free.best_trial.params)) > target  # without it the best overshoots
 
 
 def test_cost_targets_absolute_and_ratio(cost_model):

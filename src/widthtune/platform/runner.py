@@ -134,7 +134,8 @@ def _tuner(study: Study, config: ExperimentConfig, directory: Path, state: dict[
             verbose=0,
             callbacks=callbacks,
             failure_config=tune.FailureConfig(max_failures=config.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            # PBT exploits other trials' checkpoints: keep more of them
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=4 if study.scheduler.name == "pbt" else 2),
         ),
     )
 

@@ -17,7 +17,7 @@ from widthtune.models.registry import canonical_spec
 from widthtune.platform.config import OBJECTIVES, ExperimentConfig, MethodEntry, SchedulerConfig, SearchConfig
 from widthtune.search_spaces.cost_target import resolve_cost_target
 from widthtune.search_spaces.domains import Domain, is_space, parse_domain, split_spaces, unflatten
-from widthtune.search_spaces.width_space import WidthSpace, cost_constraint
+from widthtune.search_spaces.width_space import WidthSpace, constrain
 from widthtune.trainables.methods import get_method
 from widthtune.training.loop import TrainConfig
 
@@ -66,7 +66,7 @@ class OptunaSpace:
             if target is not None and not self.width_space.matched:
                 widths = self.width_space.widths(flat)
                 cost = self.cost_model.cost(widths, target.convention)
-                trial.set_user_attr("cost_constraint", (cost / target.value - 1.0,))
+                constrain(trial, cost, target.value)
         return dict(self.constants)
 
 
@@ -173,7 +173,7 @@ def make_searcher(study: Study, config: ExperimentConfig) -> Any:
         "nsga2": optuna.samplers.NSGAIISampler,
         "gp": optuna.samplers.GPSampler,
     }
-    sampler = samplers[study.search.sampler](seed=study.seed, constraints_func=cost_constraint)
+    sampler = samplers[study.search.sampler](seed=study.seed)
     metrics, modes = objectives(study, config.metric)
     space = OptunaSpace(study.constants, study.domains, study.width_space, CostModel.from_spec(config.model))
     searcher = OptunaSearch(

@@ -13,6 +13,7 @@ from widthtune.models.widths import Widths
 
 GRANULARITIES = ("group", "stage")
 PREFIX = "widths"
+COST_CONSTRAINT = "cost"
 
 
 @dataclass(frozen=True)
@@ -21,7 +22,7 @@ class WidthSpace:
 
     With `matched`, a sample is a direction: its shape is scaled by one multiplier (`match_cost`) to the cost
     target, so every trial meets the budget. Without it the rounded widths are trained as sampled and, under
-    Optuna, the cost target becomes a constraint on the trial.
+    Optuna, the cost target becomes a constraint on the trial (`constrain`).
     """
 
     space: ChannelSpace
@@ -102,6 +103,6 @@ def check_width_params(granularity: Any, low: Any, high: Any) -> None:
         )
 
 
-def cost_constraint(trial: Any) -> tuple[float, ...]:
-    """Optuna constraints_func: feasible when <= 0 (set by the define-by-run space as cost / target - 1)."""
-    return tuple(trial.user_attrs.get("cost_constraint", (0.0,)))
+def constrain(trial: Any, cost: float, target: float) -> None:
+    """Set the cost constraint on an Optuna trial: feasible when cost / target - 1 <= 0."""
+    trial.set_constraint(COST_CONSTRAINT, cost / target - 1.0)
