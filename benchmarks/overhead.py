@@ -32,6 +32,10 @@ The headline ratio is also printed with the lazy import taken out of both sides 
 the bare run). Ray is started here first (a new local instance, `address="local"`, so that a cluster some
 other process runs is never joined), then one untimed bare epoch lets its start-up settle. The target is
 Tune time / bare time <= 1.10. The script exits 0 either way and prints PASS or FAIL.
+
+An epoch here is well under a second, so machine noise matters: on a shared 2-core machine the per-epoch
+time drifts by up to ~10% between runs, and other processes skew it far more (a warning is printed when
+the load average says someone else is computing). Use `--repeats 5` for a steadier figure.
 """
 
 from __future__ import annotations

@@ -57,12 +57,16 @@ def _environment() -> None:
 
 
 def start_ray(config: ExperimentConfig) -> None:
-    """Connect to RAY_ADDRESS when set, else start a local Ray; check the cluster has the requested resources."""
+    """Connect to RAY_ADDRESS when set (`auto`: the cluster on this machine), else start a fresh local Ray.
+
+    Then check that some node can hold one trial's resources.
+    """
     import ray
 
     _environment()
     if not ray.is_initialized():
-        address = os.environ.get("RAY_ADDRESS") or None
+        # no RAY_ADDRESS: a fresh local Ray, never a cluster some other process happens to run here
+        address = os.environ.get("RAY_ADDRESS") or "local"
         ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
     nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
     for name, key, wanted in (("cpu", "CPU", config.resources.cpu), ("gpu", "GPU", config.resources.gpu)):
