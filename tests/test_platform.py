@@ -30,8 +30,8 @@ def local_ray():
     ray.shutdown()
 
 
-def experiment(tmp_path, **fields):
-    raw = {
+def experiment_config(tmp_path, **fields):
+    return {
         "name": "exp",
         "model": SPEC,
         "data": DATA,
@@ -42,7 +42,10 @@ def experiment(tmp_path, **fields):
         "max_failures": 0,
         **fields,
     }
-    return run_experiment(validate_config(raw), say=lambda line: None)
+
+
+def experiment(tmp_path, **fields):
+    return run_experiment(validate_config(experiment_config(tmp_path, **fields)), say=lambda line: None)
 
 
 def child_runs(directory):
@@ -184,16 +187,13 @@ def test_a_second_run_with_the_same_name_is_refused_and_loses_nothing(tmp_path):
 
 @pytest.mark.slow
 def test_driver_killed_mid_sweep_then_resumed_completes_every_trial_once(tmp_path):
-    config = {
-        "name": "killed",
-        "model": SPEC,
-        "data": DATA,
-        "train": {"epochs": 8, "batch_size": 32, "lr": 0.05},
-        "method": "uniform",
-        "cost_target": {"ratio": 0.5},
-        "seeds": [0, 1, 2, 3],
-        "storage": str(tmp_path),
-    }
+    config = experiment_config(
+        tmp_path,
+        name="killed",
+        train={"epochs": 8, "batch_size": 32, "lr": 0.05},
+        seeds=[0, 1, 2, 3],
+        max_failures=1,
+    )
     path = tmp_path / "killed.yaml"
     path.write_text(yaml.safe_dump(config))
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}

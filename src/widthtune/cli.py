@@ -155,15 +155,11 @@ def _print_table(directory: Path) -> None:
 
 
 def _finish(directory: Path, write: bool = False) -> None:
-    from widthtune.analysis.report import write_report
+    from widthtune.analysis.report import report_paths, write_report
     from widthtune.platform.runner import read_state
     from widthtune.platform.tracking import ui_command
 
-    md, page = (
-        write_report(directory)
-        if write
-        else (directory / "report" / "report.md", directory / "report" / "report.html")
-    )
+    md, page = write_report(directory) if write else report_paths(directory)
     _print_table(directory)
     print(f"report: {page}  (markdown: {md})")
     print(f"MLflow UI: {ui_command(read_state(directory)['tracking']['uri'])}")

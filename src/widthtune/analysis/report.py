@@ -50,18 +50,21 @@ def select(trials: list[dict[str, Any]]) -> dict[str, Any] | None:
     return None
 
 
+def by_seed(rows: list[dict[str, Any]]) -> dict[tuple[str, str], dict[int, list[dict[str, Any]]]]:
+    """Trials grouped by (method label, cost target), then by seed: the cells a method is compared over."""
+    groups: dict[tuple[str, str], dict[int, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
+    for row in rows:
+        groups[(row["label"] or row["method"], row["cost_target_label"] or "-")][row["seed"]].append(row)
+    return groups
+
+
 def comparison(rows: list[dict[str, Any]]) -> list[ComparisonRow]:
     """Group by (label, cost target), pick one trial per seed, then average over seeds."""
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-    for row in rows:
-        groups[(row["label"] or row["method"], row["cost_target_label"] or "-")].append(row)
     table = []
-    for (label, target), members in groups.items():
-        by_seed: dict[int, list[dict[str, Any]]] = defaultdict(list)
-        for row in members:
-            by_seed[row["seed"]].append(row)
-        chosen = [c for c in (select(v) for v in by_seed.values()) if c is not None]
-        cost = [sum((t["search_flops"] or 0) + (t["train_flops"] or 0) for t in v) for v in by_seed.values()]
+    for (label, target), seeds in by_seed(rows).items():
+        members = [t for trials in seeds.values() for t in trials]
+        chosen = [c for c in (select(v) for v in seeds.values()) if c is not None]
+        cost = [sum((t["search_flops"] or 0) + (t["train_flops"] or 0) for t in v) for v in seeds.values()]
         test_mean, test_std = _mean_std([c["final_test_acc"] for c in chosen])
         table.append(
             ComparisonRow(
@@ -131,22 +134,22 @@ def markdown_table(rows: list[ComparisonRow]) -> str:
 
 
 def _profiles(rows: list[dict[str, Any]]) -> tuple[list[str], dict[str, list[float]]]:
-    chosen_by_label: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    groups: dict[tuple[str, str, int], list[dict[str, Any]]] = defaultdict(list)
-    for row in rows:
-        if row["widths"]:
-            groups[(row["label"], row["cost_target_label"] or "-", row["seed"])].append(row)
-    for (label, target, _), members in groups.items():
-        chosen = select(members)
-        if chosen is not None:
-            chosen_by_label[f"{label} ({target})"].append(chosen)
     names: list[str] = []
     profiles: dict[str, list[float]] = {}
-    for label, chosen in sorted(chosen_by_label.items()):
+    for (label, target), seeds in sorted(by_seed([r for r in rows if r["widths"]]).items()):
+        chosen = [c for c in (select(v) for v in seeds.values()) if c is not None]
+        if not chosen:
+            continue
         names = chosen[0]["group_names"]
         ratios = [[w / b for w, b in zip(c["widths"], c["base_widths"], strict=True)] for c in chosen]
-        profiles[label] = [statistics.fmean(col) for col in zip(*ratios, strict=True)]
+        profiles[f"{label} ({target})"] = [statistics.fmean(col) for col in zip(*ratios, strict=True)]
     return names, profiles
+
+
+def report_paths(directory: Path) -> tuple[Path, Path]:
+    """Where an experiment's report.md and report.html are."""
+    out = Path(directory) / "report"
+    return out / "report.md", out / "report.html"
 
 
 def write_report(directory: Path) -> tuple[Path, Path]:
@@ -178,7 +181,7 @@ def write_report(directory: Path) -> tuple[Path, Path]:
     md += [f"![{caption}]({path.name})\n" for caption, path in figures]
     if errored:
         md += ["## Errored trials", ""] + [f"- `{r['trial_key']}`: {r['error']}" for r in errored]
-    md_path = out / "report.md"
+    md_path, html_path = report_paths(directory)
     out.mkdir(parents=True, exist_ok=True)
     md_path.write_text("\n".join(md) + "\n")
     cells = "".join(
@@ -192,7 +195,6 @@ def write_report(directory: Path) -> tuple[Path, Path]:
         f"<li><code>{html.escape(r['trial_key'])}</code>: {html.escape(str(r['error']))}</li>"
         for r in errored
     )
-    html_path = out / "report.html"
     html_path.write_text(
         f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title>"
         "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}td,th{padding:4px 8px;"

@@ -23,7 +23,6 @@ KINDS = ("sweep", "compare")
 SEARCHES = ("random", "grid", "optuna")
 SAMPLERS = ("tpe", "nsga2", "gp")
 SCHEDULERS = ("fifo", "asha", "hyperband", "median", "pbt")
-METRICS = ("val_acc", "val_loss")
 OBJECTIVES = {
     "val_acc": "max",
     "val_loss": "min",
@@ -177,9 +176,9 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             child = node.get(part)
             if child is None:
                 child = node[part] = {}
-            if isinstance(child, list) and part in ("methods",):
+            if isinstance(child, list):
                 raise ConfigError(
-                    f"--set {key}: cannot index into a list; set the whole list, e.g. methods=[...]"
+                    f"--set {key}: cannot index into a list; set the whole list, e.g. {part}=[...]"
                 )
             if not isinstance(child, dict):
                 raise ConfigError(f"--set {key}: {'.'.join(parts[: i + 1])} is not a mapping")
@@ -281,13 +280,12 @@ def _check(config: ExperimentConfig) -> None:
             for candidate in values:
                 parse_quantity(f"cost_target.{key}", candidate)
     _check_data_on_disk(config.data)
-    if config.metric in METRICS:
-        val_fraction = config.data.get("val_fraction", 0.1)
-        if not is_space(val_fraction) and val_fraction == 0:
-            raise ConfigError(
-                f"data.val_fraction: 0 leaves no validation split, which metric {config.metric} "
-                "(scheduling and model selection) needs; choose a value in (0, 1)"
-            )
+    val_fraction = config.data.get("val_fraction", 0.1)
+    if not is_space(val_fraction) and val_fraction == 0:
+        raise ConfigError(
+            f"data.val_fraction: 0 leaves no validation split, which metric {config.metric} "
+            "(scheduling and model selection) needs; choose a value in (0, 1)"
+        )
     for entry, label in zip(config.entries, config.labels(), strict=True):
         _check_method(config, entry, label, space)
 

@@ -167,7 +167,7 @@ class TrialRecorder(tune.Callback):
             "params",
         ):
             row[name] = last.get(name)
-        for name in ("search_flops", "search_seconds", "train_flops"):
+        for name in ("search_flops", "search_seconds"):
             row[name] = last.get(name)
         if epochs:
             final = epochs[-1]
