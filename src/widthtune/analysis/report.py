@@ -11,7 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from widthtune.analysis.plots import accuracy_cost_plot, width_profile_plot
+from widthtune.analysis.selection import mean_std, select
+from widthtune.analysis.transfer_report import TRANSFER_HEADER, transfer_cells, transfer_section
 from widthtune.platform.store import read_trials
+
+# roles of a transfer study's trials that are not controls on the target
+TRANSFER_ROLES = ("proxy", "target")
 
 
 @dataclass(frozen=True)
@@ -32,24 +37,6 @@ class ComparisonRow:
     errored: int
 
 
-def _mean_std(values: Sequence[float]) -> tuple[float, float]:
-    if not values:
-        return float("nan"), float("nan")
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
-def select(trials: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The trial a method hands in: best final validation accuracy among completed (else stopped) trials."""
-    for pool in (
-        [t for t in trials if t["status"] == "completed"],
-        [t for t in trials if t["status"] == "stopped"],
-    ):
-        scored = [t for t in pool if t["final_val_acc"] is not None]
-        if scored:
-            return max(scored, key=lambda t: (t["final_val_acc"], -(t["macs"] or 0)))
-    return None
-
-
 def by_seed(rows: list[dict[str, Any]]) -> dict[tuple[str, str], dict[int, list[dict[str, Any]]]]:
     """Trials grouped by (method label, cost target), then by seed: the cells a method is compared over."""
     groups: dict[tuple[str, str], dict[int, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
@@ -59,13 +46,17 @@ def by_seed(rows: list[dict[str, Any]]) -> dict[tuple[str, str], dict[int, list[
 
 
 def comparison(rows: list[dict[str, Any]]) -> list[ComparisonRow]:
-    """Group by (label, cost target), pick one trial per seed, then average over seeds."""
+    """Group by (label, cost target), pick one trial per seed, then average over seeds.
+
+    A transfer study's proxy and transferred trials are left to its transfer table: here only the target's controls.
+    """
     table = []
+    rows = [r for r in rows if r["role"] not in TRANSFER_ROLES]
     for (label, target), seeds in by_seed(rows).items():
         members = [t for trials in seeds.values() for t in trials]
         chosen = [c for c in (select(v) for v in seeds.values()) if c is not None]
         cost = [sum((t["search_flops"] or 0) + (t["train_flops"] or 0) for t in v) for v in seeds.values()]
-        test_mean, test_std = _mean_std([c["final_test_acc"] for c in chosen])
+        test_mean, test_std = mean_std([c["final_test_acc"] for c in chosen])
         table.append(
             ComparisonRow(
                 label=label,
@@ -73,10 +64,10 @@ def comparison(rows: list[dict[str, Any]]) -> list[ComparisonRow]:
                 seeds=len(chosen),
                 test_acc_mean=test_mean,
                 test_acc_std=test_std,
-                val_acc_mean=_mean_std([c["final_val_acc"] for c in chosen])[0],
-                macs_mean=_mean_std([c["macs"] for c in chosen if c["macs"] is not None])[0],
-                params_mean=_mean_std([c["params"] for c in chosen if c["params"] is not None])[0],
-                cost_flops_mean=_mean_std(cost)[0],
+                val_acc_mean=mean_std([c["final_val_acc"] for c in chosen])[0],
+                macs_mean=mean_std([c["macs"] for c in chosen if c["macs"] is not None])[0],
+                params_mean=mean_std([c["params"] for c in chosen if c["params"] is not None])[0],
+                cost_flops_mean=mean_std(cost)[0],
                 trials=len(members),
                 stopped=sum(t["status"] == "stopped" for t in members),
                 errored=sum(t["status"] == "errored" for t in members),
@@ -128,9 +119,7 @@ def table_cells(row: ComparisonRow) -> tuple[str, ...]:
 
 def markdown_table(rows: list[ComparisonRow]) -> str:
     """The comparison as a Markdown table."""
-    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
-    lines += ["| " + " | ".join(table_cells(r)) + " |" for r in rows]
-    return "\n".join(lines)
+    return "\n".join(_md_table(HEADER, [table_cells(r) for r in rows]))
 
 
 def _profiles(rows: list[dict[str, Any]]) -> tuple[list[str], dict[str, list[float]]]:
@@ -152,22 +141,45 @@ def report_paths(directory: Path) -> tuple[Path, Path]:
     return out / "report.md", out / "report.html"
 
 
+def _html_table(header: Sequence[str], rows: list[tuple[str, ...]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    cells = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{cells}</table>"
+
+
+def _md_table(header: Sequence[str], rows: list[tuple[str, ...]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(r) + " |" for r in rows]
+
+
 def write_report(directory: Path) -> tuple[Path, Path]:
-    """Write report.md and report.html (with their figures) into the experiment directory."""
+    """Write report.md and report.html (with their figures) into the experiment directory.
+
+    In a transfer experiment the comparison covers the target's controls, and a transfer section adds the
+    accuracy-vs-overhead table and curve and the width similarity to direct optimisation.
+    """
     directory = Path(directory).expanduser().resolve()
     rows = read_trials(directory / "results")
     out = directory / "report"
-    table = comparison(rows)
+    transfer = any(r["role"] in TRANSFER_ROLES for r in rows)
+    target_side = [r for r in rows if r["role"] not in TRANSFER_ROLES]
+    table = comparison(target_side)
     points: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for row in rows:
-        if row["status"] != "errored" and row["macs"] and row["final_test_acc"] is not None:
-            points[row["label"]].append((row["macs"], row["final_test_acc"]))
+        if (
+            row["role"] != "proxy"
+            and row["status"] != "errored"
+            and row["macs"]
+            and row["final_test_acc"] is not None
+        ):
+            name = row["label"] if row["role"] in ("trial", None) else f"{row['label']} ({row['role']})"
+            points[name].append((row["macs"], row["final_test_acc"]))
     figures = []
     if points:
         figures.append(
             ("Test accuracy vs MACs (every trial)", accuracy_cost_plot(points, out / "accuracy_vs_macs.png"))
         )
-    names, profiles = _profiles(rows)
+    names, profiles = _profiles(target_side)
     if profiles:
         figures.append(
             (
@@ -178,16 +190,30 @@ def write_report(directory: Path) -> tuple[Path, Path]:
     errored = [r for r in rows if r["status"] == "errored"]
     title = directory.name
     md = [f"# {title}", "", f"{len(rows)} trials stored.", "", markdown_table(table), ""]
+    page = [
+        f"<h1>{html.escape(title)}</h1><p>{len(rows)} trials stored.</p>",
+        _html_table(HEADER, [table_cells(r) for r in table]),
+    ]
+    if transfer:
+        transfer_table, transfer_figures, groups, similarity = transfer_section(rows, out)
+        cells = [transfer_cells(r) for r in transfer_table]
+        md += ["## Width transfer", "", *_md_table(TRANSFER_HEADER, cells), ""]
+        page += ["<h2>Width transfer</h2>", _html_table(TRANSFER_HEADER, cells)]
+        figures += transfer_figures
+        if similarity:
+            header = ("group", *similarity)
+            sim_rows = [(g, *(f"{col[i]:.2f}" for col in similarity.values())) for i, g in enumerate(groups)]
+            caption = (
+                "Per-group agreement with direct optimisation: 1 - |transferred - direct| / max (width/base)"
+            )
+            md += [f"### {caption}", "", *_md_table(header, sim_rows), ""]
+            page += [f"<h3>{html.escape(caption)}</h3>", _html_table(header, sim_rows)]
     md += [f"![{caption}]({path.name})\n" for caption, path in figures]
     if errored:
         md += ["## Errored trials", ""] + [f"- `{r['trial_key']}`: {r['error']}" for r in errored]
     md_path, html_path = report_paths(directory)
     out.mkdir(parents=True, exist_ok=True)
     md_path.write_text("\n".join(md) + "\n")
-    cells = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in table_cells(r)) + "</tr>" for r in table
-    )
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in HEADER)
     images = "".join(
         f"<figure><img src='{p.name}'><figcaption>{html.escape(c)}</figcaption></figure>" for c, p in figures
     )
@@ -199,8 +225,8 @@ def write_report(directory: Path) -> tuple[Path, Path]:
         f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title>"
         "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}td,th{padding:4px 8px;"
         "border-bottom:1px solid #ddd;text-align:left}img{max-width:100%}</style>"
-        f"<h1>{html.escape(title)}</h1><p>{len(rows)} trials stored.</p>"
-        f"<table><tr>{head}</tr>{cells}</table>{images}"
+        + "".join(page)
+        + images
         + (f"<h2>Errored trials</h2><ul>{errors}</ul>" if errored else "")
     )
     return md_path, html_path

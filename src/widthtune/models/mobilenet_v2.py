@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -14,6 +15,7 @@ from widthtune.models.space import ChannelGroup, ChannelSpace, Member
 DEFAULTS: dict[str, Any] = {
     "stem": "cifar",
     "width": 1.0,
+    "depth_mult": 1.0,
     "num_classes": 10,
     "resolution": 32,
     "in_channels": 3,
@@ -50,10 +52,21 @@ def make_divisible(value: float, divisor: int) -> int:
 
 
 def _setting(options: Mapping[str, Any]) -> tuple[tuple[int, int, int, int], ...]:
+    """(t, c, n, s) per stage; `depth_mult` scales the repeats of every stage but the first and the last."""
     stem = str(options["stem"]).lower()
     if stem not in STEMS:
         raise ValueError(f"mobilenet_v2: stem={options['stem']!r}; choose one of {', '.join(STEMS)}")
-    return CIFAR_SETTING if stem == "cifar" else IMAGENET_SETTING
+    setting = CIFAR_SETTING if stem == "cifar" else IMAGENET_SETTING
+    depth = options.get("depth_mult", 1.0)
+    if not depth > 0:
+        raise ValueError(f"mobilenet_v2: depth_mult={depth!r} must be positive")
+    if depth == 1:
+        return setting
+    last = len(setting) - 1
+    return tuple(
+        (t, c, n if i in (0, last) else max(1, math.ceil(n * depth - 1e-9)), s)
+        for i, (t, c, n, s) in enumerate(setting)
+    )
 
 
 def _blocks(options: Mapping[str, Any]) -> list[dict[str, Any]]:

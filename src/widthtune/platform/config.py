@@ -19,7 +19,8 @@ from widthtune.trainables.methods import METHODS, get_method
 from widthtune.training.datasets import DataSpec
 from widthtune.training.loop import TrainConfig
 
-KINDS = ("sweep", "compare")
+KINDS = ("sweep", "compare", "transfer")
+CONTROLS = ("direct", "uniform")
 SEARCHES = ("random", "grid", "optuna")
 SAMPLERS = ("tpe", "nsga2", "gp")
 SCHEDULERS = ("fifo", "asha", "hyperband", "median", "pbt")
@@ -92,12 +93,37 @@ class MethodEntry(BaseModel):
         return {**get_method(self.name).defaults, **(self.model_extra or {})}
 
 
+class TransferConfig(BaseModel):
+    """A transfer study: proxies to optimise widths on, how to extrapolate them, and the controls on the target."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    projections: list[Any] = Field(default_factory=list)
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
+    extrapolation: list[str] = Field(default_factory=lambda: ["stack-average-block"])
+    proxy_train: dict[str, Any] = Field(default_factory=dict)
+    controls: list[Literal["direct", "uniform"]] = Field(default_factory=lambda: list(CONTROLS))
+
+    @field_validator("extrapolation", mode="before")
+    @classmethod
+    def _one_rule(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    def plan(self) -> list[Any]:
+        """Every projection: the compound tuples, then one per value of each single-axis grid."""
+        from widthtune.search_spaces.projections import Projection
+
+        out = [Projection.from_mapping(p) for p in self.projections]
+        for axis, values in self.grid.items():
+            out += [Projection.from_mapping({axis: v}) for v in values]
+        return out
+
+
 class ExperimentConfig(BaseModel):
     """One experiment: what to search, on what, under which budget, with which Tune machinery, stored where."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    kind: Literal["sweep", "compare"] = "sweep"
+    kind: Literal["sweep", "compare", "transfer"] = "sweep"
     model: str
     data: dict[str, Any] = Field(default_factory=dict)
     train: dict[str, Any] = Field(default_factory=dict)
@@ -114,6 +140,7 @@ class ExperimentConfig(BaseModel):
     local_dir: str = "runs"
     tracking_uri: str | None = None
     max_failures: int = Field(default=1, ge=0)
+    transfer: TransferConfig | None = None
 
     _shorthand = field_validator("search", "scheduler", "method", mode="before")(_named)
 
@@ -288,6 +315,56 @@ def _check(config: ExperimentConfig) -> None:
         )
     for entry, label in zip(config.entries, config.labels(), strict=True):
         _check_method(config, entry, label, space)
+    if config.kind == "transfer":
+        _check_transfer(config, spec)
+    elif config.transfer is not None:
+        raise ConfigError(
+            f"transfer: only a kind: transfer experiment takes a transfer section, not a {config.kind}"
+        )
+
+
+def _check_transfer(config: ExperimentConfig, spec: Any) -> None:
+    from widthtune.search_spaces.projections import AXES, EXTRAPOLATIONS, Projection, ProjectionError
+
+    transfer = config.transfer
+    if transfer is None or not (transfer.projections or transfer.grid):
+        raise ConfigError(
+            "transfer.projections: a transfer experiment needs projections, e.g. "
+            "[{width: 0.5, depth: 0.5, resolution: 16, data_fraction: 0.25}], or a transfer.grid"
+        )
+    for axis in transfer.grid:
+        if axis not in AXES:
+            raise ConfigError(f"transfer.grid.{axis}: unknown axis; choose from: {', '.join(AXES)}")
+    labels: list[str] = []
+    for where, raw in [(f"transfer.projections[{i}]", p) for i, p in enumerate(transfer.projections)] + [
+        (f"transfer.grid.{axis}", {axis: v}) for axis, values in transfer.grid.items() for v in values
+    ]:
+        try:
+            projection = Projection.from_mapping(raw)
+            projection.model(spec)
+        except (ProjectionError, ValueError, TypeError) as error:
+            raise ConfigError(f"{where}: {error}") from None
+        labels.append(projection.label)
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"transfer.projections: projections repeat ({', '.join(labels)}); list each once")
+    for rule in transfer.extrapolation:
+        if rule not in EXTRAPOLATIONS:
+            raise ConfigError(
+                f"transfer.extrapolation: {rule!r} is not allowed; choose from: {', '.join(EXTRAPOLATIONS)}"
+            )
+    _check_dataclass(TrainConfig, "train", {**config.train, **transfer.proxy_train}, {"seed": 0})
+    for entry in config.entries:
+        if entry.name in ("uniform", "given"):
+            raise ConfigError(
+                f"methods: {entry.name} does not optimise widths, so there is nothing to transfer "
+                "(uniform is a control already); list width optimisers such as direct"
+            )
+    for section in ("data", "cost_target"):
+        _, domains = split_spaces(getattr(config, section) or {}, section)
+        if domains:
+            raise ConfigError(
+                f"{next(iter(domains))}: a transfer experiment fixes the target's {section}; give a value, not a space"
+            )
 
 
 def _check_data_on_disk(data: dict[str, Any]) -> None:

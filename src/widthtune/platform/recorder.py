@@ -15,6 +15,18 @@ from widthtune.models.artifact import make_artifact
 from widthtune.models.registry import channel_space
 from widthtune.platform.store import EpochJournal, write_trial
 from widthtune.platform.tracking import Tracking, TrialRuns
+from widthtune.trainables.adapter import expand_point
+
+# transfer provenance: flat config key -> trial row column (also an MLflow tag, widthtune.<key>)
+TRANSFER_COLUMNS = {
+    "transfer.projection": "projection",
+    "transfer.extrapolation": "extrapolation",
+    "transfer.source_trial": "source_trial_key",
+    "transfer.source_run_id": "source_run_id",
+    "transfer.overhead_ratio": "overhead_ratio",
+    "transfer.overhead_flops": "overhead_flops",
+    "transfer.overhead_seconds": "overhead_seconds",
+}
 
 EPOCH_METRICS = (
     "epoch",
@@ -88,10 +100,11 @@ class TrialRecorder(tune.Callback):
         return Path(self.directory) / "results"
 
     def _tags(self, config: dict[str, Any]) -> dict[str, str]:
-        return {
+        transfer = {f"widthtune.{k}": str(config[k]) for k in TRANSFER_COLUMNS if config.get(k) is not None}
+        return transfer | {
             "widthtune.method": str(config.get("method")),
             "widthtune.label": str(config.get("label")),
-            "widthtune.role": self.role,
+            "widthtune.role": str(config.get("role", self.role)),
             "widthtune.study": self.study,
             "widthtune.model": str(config.get("model")),
             "widthtune.dataset": str(config.get("data.name", "digits")),
@@ -104,9 +117,8 @@ class TrialRecorder(tune.Callback):
 
     def _run(self, trial: Any) -> str:
         key = trial_key(self.study, trial.trial_id)
-        return self.runs.run_for(
-            key, f"{self.study}/{trial.trial_id}", self._tags(trial.config), trial.config
-        )
+        config = expand_point(trial.config)
+        return self.runs.run_for(key, f"{self.study}/{trial.trial_id}", self._tags(config), config)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         """Journal and log one epoch."""
@@ -130,7 +142,7 @@ class TrialRecorder(tune.Callback):
 
     def _store(self, trial: Any, error: str | None) -> None:
         key = trial_key(self.study, trial.trial_id)
-        config = dict(trial.config)
+        config = expand_point(trial.config)
         last = trial.last_result or {}
         epochs = EpochJournal(self.results_root).read(key)
         run_id = self._run(trial)
@@ -144,7 +156,7 @@ class TrialRecorder(tune.Callback):
             "study": self.study,
             "method": config.get("method"),
             "label": config.get("label"),
-            "role": self.role,
+            "role": config.get("role", self.role),
             "config_hash": self.config_hash,
             "model": config.get("model"),
             "dataset": config.get("data.name", "digits"),
@@ -169,6 +181,7 @@ class TrialRecorder(tune.Callback):
             row[name] = last.get(name)
         for name in ("search_flops", "search_seconds"):
             row[name] = last.get(name)
+        row.update({column: config.get(key) for key, column in TRANSFER_COLUMNS.items()})
         if epochs:
             final = epochs[-1]
             row.update(

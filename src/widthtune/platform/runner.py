@@ -21,8 +21,10 @@ from widthtune.platform.config import ConfigError, ExperimentConfig, validate_co
 from widthtune.platform.interruption import ExperimentInterrupted
 from widthtune.platform.progress import ProgressLine
 from widthtune.platform.recorder import TrialRecorder
+from widthtune.platform.store import read_trials
 from widthtune.platform.studies import Study, make_scheduler, make_searcher, plan_studies
 from widthtune.platform.tracking import Tracking, open_parent_run, sqlite_uri
+from widthtune.platform.transfer import target_studies, transfer_points
 from widthtune.trainables.adapter import run_trial
 
 STATE_FILE = "experiment.json"
@@ -187,6 +189,38 @@ def create_experiment(config: ExperimentConfig) -> Path:
     return directory
 
 
+def _run_study(
+    study: Study, config: ExperimentConfig, directory: Path, state: dict[str, Any], say: Callable[[str], None]
+) -> None:
+    """One study through Tune (restored when it was interrupted); marked done in the state once every trial ended."""
+    state["studies"][study.key] = "running"
+    _write_state(directory, state)
+    say(f"study {study.key}: {study.method}, search {study.search.name}, scheduler {study.scheduler.name}")
+    results = _tuner(study, config, directory, state).fit()
+    if results.num_terminated + results.num_errors < len(results):
+        raise ExperimentInterrupted(
+            f"study {study.key} was interrupted with trials unfinished; continue with: widthtune resume {directory}"
+        )
+    state["studies"][study.key] = "done"
+    _write_state(directory, state)
+
+
+def _transfer_phase(
+    config: ExperimentConfig, directory: Path, state: dict[str, Any], say: Callable[[str], None]
+) -> list[Study]:
+    """The target studies of a transfer experiment, from its proxies' results (computed once, then read back)."""
+    if "transfer" not in state:
+        points, skipped = transfer_points(config, read_trials(directory / "results"))
+        state["transfer"] = {"points": points, "skipped": skipped}
+        for line in skipped:
+            say(f"transfer: skipped {line}")
+    studies = target_studies(config, state["transfer"]["points"])
+    for study in studies:
+        state["studies"].setdefault(study.key, "pending")
+    _write_state(directory, state)
+    return studies
+
+
 def execute(directory: Path, say: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or continue) every study that is not done; returns the final state."""
     directory = Path(directory).expanduser().resolve()
@@ -196,20 +230,12 @@ def execute(directory: Path, say: Callable[[str], None] = print) -> dict[str, An
     tracking = Tracking(**state["tracking"])
     tracking.client().update_run(tracking.parent_run_id, status="RUNNING")
     for study in plan_studies(config):
-        if state["studies"].get(study.key) == "done":
-            continue
-        state["studies"][study.key] = "running"
-        _write_state(directory, state)
-        say(
-            f"study {study.key}: {study.method}, search {study.search.name}, scheduler {study.scheduler.name}"
-        )
-        results = _tuner(study, config, directory, state).fit()
-        if results.num_terminated + results.num_errors < len(results):
-            raise ExperimentInterrupted(
-                f"study {study.key} was interrupted with trials unfinished; continue with: widthtune resume {directory}"
-            )
-        state["studies"][study.key] = "done"
-        _write_state(directory, state)
+        if state["studies"].get(study.key) != "done":
+            _run_study(study, config, directory, state, say)
+    if config.kind == "transfer":
+        for study in _transfer_phase(config, directory, state, say):
+            if state["studies"].get(study.key) != "done":
+                _run_study(study, config, directory, state, say)
     md, page = write_report(directory)
     client = tracking.client()
     client.log_artifact(tracking.parent_run_id, str(md))

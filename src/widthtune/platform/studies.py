@@ -29,6 +29,7 @@ class Study:
     key: str
     label: str
     method: str
+    model: str
     search: SearchConfig
     scheduler: SchedulerConfig
     num_samples: int
@@ -70,7 +71,7 @@ class OptunaSpace:
         return dict(self.constants)
 
 
-def _flat_constants(config: ExperimentConfig) -> tuple[dict[str, Any], dict[str, Domain]]:
+def flat_constants(config: ExperimentConfig) -> tuple[dict[str, Any], dict[str, Domain]]:
     constants: dict[str, Any] = {
         "experiment": config.name,
         "model": str(canonical_spec(config.model)),
@@ -87,22 +88,30 @@ def _flat_constants(config: ExperimentConfig) -> tuple[dict[str, Any], dict[str,
 
 
 def plan_studies(config: ExperimentConfig) -> list[Study]:
-    """Every study of the experiment, in run order."""
-    base_constants, base_domains = _flat_constants(config)
+    """Every study of the experiment that its config alone determines, in run order."""
+    if config.kind == "transfer":
+        from widthtune.platform.transfer import plan_transfer
+
+        return plan_transfer(config)
+    base_constants, base_domains = flat_constants(config)
     studies: list[Study] = []
     for entry, label in zip(config.entries, config.labels(), strict=True):
-        studies.extend(_studies_for(config, entry, label, base_constants, base_domains))
+        studies.extend(studies_for(config, entry, label, base_constants, base_domains))
     return studies
 
 
-def _studies_for(
+def studies_for(
     config: ExperimentConfig,
     entry: MethodEntry,
     label: str,
     base_constants: dict[str, Any],
     base_domains: dict[str, Domain],
+    key: str | None = None,
 ) -> list[Study]:
+    """One method entry's studies over `base_constants` (whose `model` may be a proxy's); keys start with `key`."""
     method = get_method(entry.name)
+    key = key or label
+    model = base_constants["model"]
     hyper_constants, hyper_domains = split_spaces(entry.hyperparameters, "method")
     constants = {**base_constants, **hyper_constants, "method": entry.name, "label": label}
     domains = {**base_domains, **hyper_domains}
@@ -111,7 +120,7 @@ def _studies_for(
     width_space = None
     if method.width_space is not None:
         width_space = method.width_space(
-            CostModel.from_spec(config.model).space,
+            CostModel.from_spec(model).space,
             {k[len("method.") :]: v for k, v in hyper_constants.items()},
         )
     if scheduler.name == "pbt":  # PBT mutates keys that must already be in every trial's config
@@ -128,6 +137,7 @@ def _studies_for(
         "scheduler": scheduler,
         "num_samples": num_samples,
         "width_space": width_space,
+        "model": model,
     }
     if search.name != "optuna":
         seeds = config.seeds
@@ -135,9 +145,9 @@ def _studies_for(
         fixed_seed = {} if grid_seed else {"seed": seeds[0]}
         if search.name == "grid":
             domains = {k: Domain("grid", d.values) if d.kind == "choice" else d for k, d in domains.items()}
-        constants = {**constants, **fixed_seed, "study": label}
+        constants = {**constants, **fixed_seed, "study": key}
         return [
-            Study(key=label, seed=seeds[0], constants=constants, domains={**domains, **grid_seed}, **common)
+            Study(key=key, seed=seeds[0], constants=constants, domains={**domains, **grid_seed}, **common)
         ]
     grids = {k: d for k, d in domains.items() if d.kind == "grid"}
     loose = {k: d for k, d in domains.items() if d.kind != "grid"}
@@ -145,10 +155,10 @@ def _studies_for(
     for seed in config.seeds:
         for values in itertools.product(*(d.values for d in grids.values())):
             picked = dict(zip(grids, values, strict=True))
-            key = f"{label}-s{seed}" + "".join(f"-{k.split('.')[-1]}={v}" for k, v in picked.items())
-            fixed = {**constants, **picked, "seed": seed, "study": key}
+            name = f"{key}-s{seed}" + "".join(f"-{k.split('.')[-1]}={v}" for k, v in picked.items())
+            fixed = {**constants, **picked, "seed": seed, "study": name}
             studies.append(
-                Study(key=key, seed=seed, constants=fixed, domains=loose, enumerated=picked, **common)
+                Study(key=name, seed=seed, constants=fixed, domains=loose, enumerated=picked, **common)
             )
     return studies
 
@@ -175,7 +185,7 @@ def make_searcher(study: Study, config: ExperimentConfig) -> Any:
     }
     sampler = samplers[study.search.sampler](seed=study.seed)
     metrics, modes = objectives(study, config.metric)
-    space = OptunaSpace(study.constants, study.domains, study.width_space, CostModel.from_spec(config.model))
+    space = OptunaSpace(study.constants, study.domains, study.width_space, CostModel.from_spec(study.model))
     searcher = OptunaSearch(
         space=space,
         metric=metrics if len(metrics) > 1 else metrics[0],
@@ -187,13 +197,11 @@ def make_searcher(study: Study, config: ExperimentConfig) -> Any:
     return searcher
 
 
-def max_epochs(config: ExperimentConfig) -> int:
-    """The longest training any trial can get (a scheduler's max_t)."""
-    epochs = config.train.get("epochs", 30)
-    if is_space(epochs):
-        _, domains = split_spaces({"epochs": epochs}, "")
-        return int(max(domains["epochs"].candidates()))
-    return int(epochs)
+def max_epochs(study: Study) -> int:
+    """The longest training any trial of the study can get (a scheduler's max_t)."""
+    if "train.epochs" in study.domains:
+        return int(max(study.domains["train.epochs"].candidates()))
+    return int(study.constants.get("train.epochs", TrainConfig.epochs))
 
 
 def make_scheduler(study: Study, config: ExperimentConfig) -> Any:
@@ -202,7 +210,7 @@ def make_scheduler(study: Study, config: ExperimentConfig) -> Any:
 
     cfg, metric = study.scheduler, config.metric
     mode = OBJECTIVES[metric]
-    max_t = max_epochs(config)
+    max_t = max_epochs(study)
     if cfg.name == "asha":
         return schedulers.ASHAScheduler(
             time_attr="epoch",

@@ -34,6 +34,15 @@ WIDTHS_FILE = "widths.json"
 TRAIN_FLOPS_PER_MAC_PER_IMAGE = 6
 # what an errored trial reports as its loss, so schedulers and searchers rank it last
 ERRORED_LOSS = 1e30
+# a trial's bundle of keys that must vary together (a transfer study's seed, widths and provenance)
+POINT_KEY = "transfer.point"
+
+
+def expand_point(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The flat trial config with its point's keys merged in (a grid can only vary one key per value)."""
+    point = config.get(POINT_KEY)
+    flat = {k: v for k, v in config.items() if k != POINT_KEY}
+    return {**flat, **point} if isinstance(point, Mapping) else flat
 
 
 @dataclass(frozen=True)
@@ -118,6 +127,7 @@ def run_trial(config: dict[str, Any]) -> None:
     """Tune function trainable: search, match, materialise, train from scratch, report and checkpoint every epoch."""
     from ray import tune
 
+    config = expand_point(config)
     threads = config.get("resources.cpu")
     if threads:
         torch.set_num_threads(max(1, int(threads)))

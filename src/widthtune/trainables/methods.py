@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from widthtune.trainables import direct, random_widths, uniform
+from widthtune.trainables import direct, given, random_widths, uniform
 from widthtune.trainables.task import Method
 
-METHODS: dict[str, Method] = {m.name: m for m in (uniform.METHOD, random_widths.METHOD, direct.METHOD)}
+METHODS: dict[str, Method] = {
+    m.name: m for m in (uniform.METHOD, random_widths.METHOD, direct.METHOD, given.METHOD)
+}
 
 
 def get_method(name: str) -> Method:

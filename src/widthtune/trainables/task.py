@@ -42,13 +42,16 @@ class Task:
 class SearchResult:
     """A method's answer: a width vector (or shape), what finding it cost, and whether to match it to the target.
 
-    `search_flops` counts forward + backward as 3 x forward, per the design's accounting rule.
+    `search_flops` counts forward + backward as 3 x forward, per the design's accounting rule. `weights`, when
+    given, is a state dict for the model materialised at `widths` (kept weights to fine-tune from, or generated
+    ones to start from); `info` must stay JSON-serialisable (kept channel indices go there).
     """
 
     widths: Widths
     search_flops: float = 0.0
     match_target: bool = True
     info: Mapping[str, Any] = field(default_factory=dict)
+    weights: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,192 @@
+"""The `transfer` experiment: optimise widths on proxies, extrapolate them, train them on the target.
+
+Phase one (its studies follow from the config): every method on every projection's proxy (role `proxy`),
+and the controls on the target — each method optimised directly (`direct`) and the uniform baseline at the
+same cost (`uniform`). Phase two (its studies follow from phase one's results): for each method, projection,
+extrapolation rule and seed, the proxy trial the method hands in (best validation accuracy) is extrapolated,
+matched to the target's cost and trained from scratch on the target (role `target`), with its source trial,
+projection, rule and overhead (formula and measured) carried in its config. The points are saved in the
+experiment's state once, so a resumed experiment never recomputes them.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from widthtune.analysis.selection import select
+from widthtune.models.cost import CostModel
+from widthtune.models.registry import canonical_spec, channel_space, resolve_options
+from widthtune.models.widths import Widths
+from widthtune.platform.config import ExperimentConfig, MethodEntry
+from widthtune.platform.studies import Study, flat_constants, studies_for
+from widthtune.search_spaces.cost_target import resolve_cost_target
+from widthtune.search_spaces.domains import Domain
+from widthtune.search_spaces.projections import Projection, transfer_widths
+from widthtune.trainables.adapter import POINT_KEY
+from widthtune.training.loop import TrainConfig
+
+PROXY, TARGET, DIRECT, UNIFORM = "proxy", "target", "direct", "uniform"
+
+
+def proxy_key(label: str, projection: Projection) -> str:
+    """The study (and key prefix) of one method on one proxy."""
+    return f"{label}-proxy-{projection.label}"
+
+
+def target_resolution(config: ExperimentConfig) -> int:
+    """The target model's input resolution (the formula's reference)."""
+    return int(resolve_options(config.model)["resolution"])
+
+
+def epoch_ratio(config: ExperimentConfig) -> float:
+    """Proxy epochs over target epochs (1 unless `transfer.proxy_train` changes them)."""
+    target = int(config.train.get("epochs", TrainConfig.epochs))
+    proxy = int({**config.train, **config.transfer.proxy_train}.get("epochs", target))
+    return proxy / target
+
+
+def _proxy_cost_target(config: ExperimentConfig) -> dict[str, Any]:
+    """The target's cost target as a ratio of its base model, so every proxy is held to the same ratio."""
+    if not config.cost_target:
+        return {}
+    cost_model = CostModel.from_spec(config.model)
+    target = resolve_cost_target(config.cost_target, cost_model)
+    ratio = target.value / cost_model.base()[target.convention]
+    return {"cost_target.ratio": ratio, "cost_target.convention": target.convention}
+
+
+def _proxy_constants(
+    config: ExperimentConfig, base: Mapping[str, Any], projection: Projection
+) -> dict[str, Any]:
+    """The target's flat constants with the proxy's model, data, recipe and cost ratio, tagged with the projection."""
+    constants = {k: v for k, v in base.items() if not k.startswith(("data.", "cost_target."))}
+    constants["model"] = str(projection.model(config.model))
+    constants.update({f"data.{k}": v for k, v in projection.data(config.data).items()})
+    constants.update({f"train.{k}": v for k, v in config.transfer.proxy_train.items()})
+    constants.update(_proxy_cost_target(config))
+    constants.update(
+        {
+            "role": PROXY,
+            "transfer.projection": projection.label,
+            "transfer.overhead_ratio": projection.overhead_ratio(
+                target_resolution(config), epoch_ratio(config)
+            ),
+        }
+    )
+    return constants
+
+
+def plan_transfer(config: ExperimentConfig) -> list[Study]:
+    """Phase one: every method on every proxy, then the direct and uniform controls on the target."""
+    base, domains = flat_constants(config)
+    studies: list[Study] = []
+    for entry, label in zip(config.entries, config.labels(), strict=True):
+        for projection in config.transfer.plan():
+            constants = _proxy_constants(config, base, projection)
+            studies += studies_for(config, entry, label, constants, domains, key=proxy_key(label, projection))
+    controls = config.transfer.controls
+    if DIRECT in controls:
+        for entry, label in zip(config.entries, config.labels(), strict=True):
+            constants = {**base, "role": DIRECT}
+            studies += studies_for(config, entry, label, constants, domains, key=f"{label}-direct")
+    if UNIFORM in controls:
+        constants = {**base, "role": UNIFORM}
+        studies += studies_for(
+            config, MethodEntry(name="uniform"), "uniform", constants, domains, "uniform-control"
+        )
+    return studies
+
+
+def _cells(
+    rows: Iterable[dict[str, Any]], role: str
+) -> dict[tuple[str, str | None, int], list[dict[str, Any]]]:
+    cells: dict[tuple[str, str | None, int], list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        if row["role"] == role:
+            cells[(row["label"], row.get("projection"), int(row["seed"]))].append(row)
+    return cells
+
+
+def spent(trials: Iterable[dict[str, Any]]) -> tuple[float, float]:
+    """What a width optimisation measured: FLOPs (search + every trial's training) and wall seconds."""
+    trials = list(trials)
+    flops = sum((t["search_flops"] or 0.0) + (t["train_flops"] or 0.0) for t in trials)
+    return flops, sum(t["wall_seconds"] or 0.0 for t in trials)
+
+
+def transfer_points(
+    config: ExperimentConfig, rows: list[dict[str, Any]]
+) -> tuple[dict[str, list[dict[str, Any]]], list[str]]:
+    """Phase two's trials per method label (extrapolated, cost-matched widths with their provenance), and the skips."""
+    cost_model = CostModel.from_spec(config.model)
+    target = resolve_cost_target(config.cost_target, cost_model)
+    value = target.value if target else cost_model.base().macs
+    convention = target.convention if target else "macs"
+    proxies = _cells(rows, PROXY)
+    points: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    skipped: list[str] = []
+    for label in config.labels():
+        for projection in config.transfer.plan():
+            for seed in config.seeds:
+                trials = proxies.get((label, projection.label, seed), [])
+                chosen = select(trials)
+                if chosen is None or not chosen["widths"]:
+                    skipped.append(
+                        f"{label} on {projection.label}, seed {seed}: no completed proxy trial "
+                        f"({len(trials)} stored)"
+                    )
+                    continue
+                proxy_space = channel_space(chosen["model"])
+                widths = Widths.from_mapping(
+                    proxy_space, dict(zip(chosen["group_names"], chosen["widths"], strict=True))
+                )
+                flops, seconds = spent(trials)
+                for rule in config.transfer.extrapolation:
+                    matched = transfer_widths(widths, cost_model, value, rule=rule, convention=convention)
+                    points[label].append(
+                        {
+                            "seed": seed,
+                            "role": TARGET,
+                            "method.widths": matched.widths.as_dict(),
+                            "transfer.projection": projection.label,
+                            "transfer.extrapolation": rule,
+                            "transfer.source_trial": chosen["trial_key"],
+                            "transfer.source_run_id": chosen["mlflow_run_id"],
+                            "transfer.proxy_model": chosen["model"],
+                            "transfer.multiplier": matched.multiplier,
+                            "transfer.overhead_ratio": projection.overhead_ratio(
+                                target_resolution(config), epoch_ratio(config)
+                            ),
+                            "transfer.overhead_flops": flops,
+                            "transfer.overhead_seconds": seconds,
+                        }
+                    )
+    return dict(points), skipped
+
+
+def target_studies(config: ExperimentConfig, points: Mapping[str, list[dict[str, Any]]]) -> list[Study]:
+    """Phase two: per method, one study whose grid is its transferred width vectors (each with its own seed)."""
+    base, _ = flat_constants(config)
+    studies = []
+    for entry, label in zip(config.entries, config.labels(), strict=True):
+        if not points.get(label):
+            continue
+        search = entry.search or config.search
+        constants = {**base, "method": "given", "label": label, "role": TARGET, "study": f"{label}-transfer"}
+        studies.append(
+            Study(
+                key=f"{label}-transfer",
+                label=label,
+                method="given",
+                model=str(canonical_spec(config.model)),
+                search=search.model_copy(update={"name": "random"}),
+                scheduler=config.scheduler.model_copy(update={"name": "fifo"}),
+                num_samples=1,
+                seed=config.seeds[0],
+                constants=constants,
+                domains={POINT_KEY: Domain("grid", tuple(points[label]))},
+            )
+        )
+    return studies
