@@ -155,6 +155,10 @@ def test_unreadable_config_files(tmp_path, content, message):
     "path", sorted((Path(__file__).parent.parent / "configs").glob("*.yaml")), ids=lambda p: p.name
 )
 def test_shipped_configs_validate(path, tmp_path):
-    on_disk = yaml.safe_load(path.read_text()).get("data", {}).get("name") in ("cifar10", "cifar100", "imagefolder")
+    on_disk = yaml.safe_load(path.read_text()).get("data", {}).get("name") in (
+        "cifar10",
+        "cifar100",
+        "imagefolder",
+    )
     overrides = [f"data.root={tmp_path}"] if on_disk else []  # the user's dataset folder
     assert plan_studies(load_config(path, overrides))

@@ -113,9 +113,9 @@ def test_imagenet_resnet_depth_projection_sets_blocks_per_stage():
 
 
 def test_families_without_the_axis_are_refused_by_name():
-    with pytest.raises(ProjectionError, match="projection.depth: vgg_cifar models have no depth option"):
+    with pytest.raises(ProjectionError, match=r"projection\.depth: vgg_cifar models have no depth option"):
         Projection(1, 0.5).model("vgg_cifar:depth=16")
-    with pytest.raises(ProjectionError, match="projection.width: torchvision models have no width option"):
+    with pytest.raises(ProjectionError, match=r"projection\.width: torchvision models have no width option"):
         Projection(0.5).model("torchvision:resnet18")
 
 

@@ -38,11 +38,64 @@ class ComparisonRow:
 
 
 def by_seed(rows: list[dict[str, Any]]) -> dict[tuple[str, str], dict[int, list[dict[str, Any]]]]:
-    """Trials grouped by (method label, cost target), then by seed: the cells a method is compared over."""
+    """Trials grouped by (method label, cost target), then by seed: the cells a method is compared over.
+
+    When the experiment retrains in several modes (Rethinking's protocol), the label carries the mode.
+    """
+    modes = {row.get("retrain") or "scratch-e" for row in rows}
     groups: dict[tuple[str, str], dict[int, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
     for row in rows:
-        groups[(row["label"] or row["method"], row["cost_target_label"] or "-")][row["seed"]].append(row)
+        label = row["label"] or row["method"]
+        if len(modes) > 1:
+            label = f"{label} [{row.get('retrain') or 'scratch-e'}]"
+        groups[(label, row["cost_target_label"] or "-")][row["seed"]].append(row)
     return groups
+
+
+RETRAIN_COLUMNS = (("finetune", "Fine-tuned"), ("scratch-e", "Scratch-E"), ("scratch-b", "Scratch-B"))
+
+
+def rethinking_table(rows: list[dict[str, Any]]) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
+    """The chapter's table: per method and cost target, test accuracy under Fine-tuned / Scratch-E / Scratch-B."""
+    cells: dict[tuple[str, str], dict[str, dict[int, list[dict[str, Any]]]]] = defaultdict(
+        lambda: defaultdict(lambda: defaultdict(list))
+    )
+    for row in rows:
+        if row["role"] in TRANSFER_ROLES:
+            continue
+        key = (row["label"] or row["method"], row["cost_target_label"] or "-")
+        cells[key][row.get("retrain") or "scratch-e"][row["seed"]].append(row)
+    header = ("method", "cost target", *(title for _, title in RETRAIN_COLUMNS))
+    table = []
+    for (label, target), modes in sorted(cells.items()):
+        line = [label, target]
+        for mode, _ in RETRAIN_COLUMNS:
+            chosen = [c for c in (select(v) for v in modes.get(mode, {}).values()) if c is not None]
+            mean, std = mean_std([c["final_test_acc"] for c in chosen])
+            line.append("-" if not chosen else f"{100 * mean:.2f} ± {100 * std:.2f}")
+        table.append(tuple(line))
+    return header, table
+
+
+def width_pattern_table(rows: list[dict[str, Any]]) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
+    """Per layer (group): the base width and each method's selected width, mean ± std over seeds."""
+    patterns: dict[str, list[list[int]]] = {}
+    names: list[str] = []
+    bases: list[int] = []
+    for (label, target), seeds in sorted(by_seed([r for r in rows if r["widths"]]).items()):
+        chosen = [c for c in (select(v) for v in seeds.values()) if c is not None]
+        if chosen:
+            names, bases = chosen[0]["group_names"], chosen[0]["base_widths"]
+            patterns[f"{label} ({target})"] = [c["widths"] for c in chosen]
+    header = ("layer", "base", *patterns)
+    table = []
+    for i, name in enumerate(names):
+        line = [name, str(bases[i])]
+        for widths in patterns.values():
+            mean, std = mean_std([w[i] for w in widths])
+            line.append(f"{mean:.1f} ± {std:.1f}")
+        table.append(tuple(line))
+    return header, table
 
 
 def comparison(rows: list[dict[str, Any]]) -> list[ComparisonRow]:
@@ -194,6 +247,19 @@ def write_report(directory: Path) -> tuple[Path, Path]:
         f"<h1>{html.escape(title)}</h1><p>{len(rows)} trials stored.</p>",
         _html_table(HEADER, [table_cells(r) for r in table]),
     ]
+    if len({r.get("retrain") or "scratch-e" for r in target_side}) > 1:
+        for caption, (header, body) in (
+            (
+                "Retraining: fine-tuned vs from scratch (test accuracy, mean ± std over seeds)",
+                rethinking_table(target_side),
+            ),
+            (
+                "Width pattern: selected channels per layer (mean ± std over seeds)",
+                width_pattern_table(target_side),
+            ),
+        ):
+            md += [f"## {caption}", "", *_md_table(header, body), ""]
+            page += [f"<h2>{html.escape(caption)}</h2>", _html_table(header, body)]
     if transfer:
         transfer_table, transfer_figures, groups, similarity = transfer_section(rows, out)
         cells = [transfer_cells(r) for r in transfer_table]

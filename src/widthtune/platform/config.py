@@ -84,6 +84,7 @@ class MethodEntry(BaseModel):
     num_samples: int | None = Field(default=None, ge=1)
     search: SearchConfig | None = None
     scheduler: SchedulerConfig | None = None
+    retrain: dict[str, Any] | None = None
 
     _shorthand = field_validator("search", "scheduler", mode="before")(_named)
 
@@ -141,6 +142,7 @@ class ExperimentConfig(BaseModel):
     tracking_uri: str | None = None
     max_failures: int = Field(default=1, ge=0)
     transfer: TransferConfig | None = None
+    retrain: dict[str, Any] = Field(default_factory=dict)
 
     _shorthand = field_validator("search", "scheduler", "method", mode="before")(_named)
 
@@ -315,12 +317,59 @@ def _check(config: ExperimentConfig) -> None:
         )
     for entry, label in zip(config.entries, config.labels(), strict=True):
         _check_method(config, entry, label, space)
+    _check_retrain(config)
     if config.kind == "transfer":
         _check_transfer(config, spec)
     elif config.transfer is not None:
         raise ConfigError(
             f"transfer: only a kind: transfer experiment takes a transfer section, not a {config.kind}"
         )
+
+
+RETRAIN_FIELDS = ("mode", "finetune_epochs", "large_scale")
+
+
+def _retrain_modes(section: dict[str, Any], where: str) -> list[str]:
+    """The retraining modes a `retrain` section asks for (a value or a space), each checked."""
+    from widthtune.trainables.retraining import RETRAIN_MODES
+
+    for key in section:
+        if key not in RETRAIN_FIELDS:
+            raise ConfigError(f"{where}.{key}: unknown field; allowed: {', '.join(RETRAIN_FIELDS)}")
+    constants, domains = split_spaces(section, "retrain")
+    if "retrain.mode" in domains:
+        modes = list(domains["retrain.mode"].candidates())
+    else:
+        modes = [constants.get("retrain.mode", "scratch-e")]
+    for mode in modes:
+        if mode not in RETRAIN_MODES:
+            raise ConfigError(
+                f"{where}.mode: {mode!r} is not allowed; choose from: {', '.join(RETRAIN_MODES)}"
+            )
+    epochs = constants.get("retrain.finetune_epochs")
+    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
+        raise ConfigError(f"{where}.finetune_epochs: {epochs!r} is not allowed; choose an integer >= 1")
+    return modes
+
+
+def _check_retrain(config: ExperimentConfig) -> None:
+    """Retraining modes exist, fine-tuning has weights to start from, Scratch-B is not cut short by a scheduler."""
+    _retrain_modes(config.retrain, "retrain")
+    for entry, label in zip(config.entries, config.labels(), strict=True):
+        where = f"methods[{label}].retrain" if entry.retrain is not None else "retrain"
+        modes = _retrain_modes(entry.retrain if entry.retrain is not None else config.retrain, where)
+        if "finetune" in modes and not get_method(entry.name).keeps_weights:
+            keeping = ", ".join(m.name for m in METHODS.values() if m.keeps_weights)
+            raise ConfigError(
+                f"{where}.mode: finetune needs kept weights, and methods[{label}] ({entry.name}) keeps none; "
+                f"fine-tune {keeping}, or give {label} its own retrain section without finetune"
+            )
+        scheduler = entry.scheduler or config.scheduler
+        if "scratch-b" in modes and scheduler.name in ("asha", "hyperband"):
+            raise ConfigError(
+                f"{where}.mode: scratch-b trains longer than train.epochs, past {scheduler.name}'s max_t; "
+                f"use scheduler fifo or median for methods[{label}]"
+            )
 
 
 def _check_transfer(config: ExperimentConfig, spec: Any) -> None:

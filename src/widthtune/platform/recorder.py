@@ -112,6 +112,7 @@ class TrialRecorder(tune.Callback):
                 {k.split(".", 1)[1]: v for k, v in config.items() if k.startswith("cost_target.")}
             ),
             "widthtune.seed": str(config.get("seed")),
+            "widthtune.retrain": str(config.get("retrain.mode", "scratch-e")),
             "widthtune.config_hash": self.config_hash,
         }
 
@@ -182,6 +183,7 @@ class TrialRecorder(tune.Callback):
         for name in ("search_flops", "search_seconds"):
             row[name] = last.get(name)
         row.update({column: config.get(key) for key, column in TRANSFER_COLUMNS.items()})
+        row["retrain"] = config.get("retrain.mode", "scratch-e")
         if epochs:
             final = epochs[-1]
             row.update(

@@ -53,6 +53,7 @@ TRIAL_SCHEMA = pa.schema(
         ("wall_seconds", pa.float64()),
         ("status", pa.string()),
         ("error", pa.string()),
+        ("retrain", pa.string()),
         ("projection", pa.string()),
         ("extrapolation", pa.string()),
         ("source_trial_key", pa.string()),

@@ -79,7 +79,7 @@ def flat_constants(config: ExperimentConfig) -> tuple[dict[str, Any], dict[str, 
         "resources.cpu": config.resources.cpu,
     }
     domains: dict[str, Domain] = {}
-    for section in ("data", "train", "cost_target"):
+    for section in ("data", "train", "cost_target", "retrain"):
         values = getattr(config, section) or {}
         c, d = split_spaces(values, section)
         constants.update(c)
@@ -113,6 +113,12 @@ def studies_for(
     key = key or label
     model = base_constants["model"]
     hyper_constants, hyper_domains = split_spaces(entry.hyperparameters, "method")
+    if entry.retrain is not None:  # the method's own retraining modes replace the experiment's
+        own_constants, own_domains = split_spaces(entry.retrain, "retrain")
+        base_constants = {
+            k: v for k, v in base_constants.items() if not k.startswith("retrain.")
+        } | own_constants
+        base_domains = {k: v for k, v in base_domains.items() if not k.startswith("retrain.")} | own_domains
     constants = {**base_constants, **hyper_constants, "method": entry.name, "label": label}
     domains = {**base_domains, **hyper_domains}
     search = entry.search or config.search

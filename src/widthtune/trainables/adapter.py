@@ -10,7 +10,7 @@ from __future__ import annotations
 import tempfile
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from widthtune.models.widths import Widths
 from widthtune.search_spaces.cost_target import CostTarget, resolve_cost_target
 from widthtune.search_spaces.domains import unflatten
 from widthtune.trainables.methods import get_method
+from widthtune.trainables.retraining import retrain_recipe
 from widthtune.trainables.task import Task
 from widthtune.training.datasets import DataSpec, load_dataset
 from widthtune.training.loop import EpochRecord, NonFiniteLossError, TrainConfig, TrainState, train
@@ -54,6 +55,9 @@ class FoundWidths:
     search_seconds: float
     multiplier: float = 1.0
     info: Mapping[str, Any] = field(default_factory=dict)
+    # the search's weights for `widths` (kept ones to fine-tune, or generated ones to start from); never saved
+    weights: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)
+    init_from_weights: bool = False
 
 
 def train_config(config: Mapping[str, Any]) -> TrainConfig:
@@ -73,15 +77,60 @@ def find_widths(task: Task, method_name: str) -> FoundWidths:
     """Run the method's search, then scale its answer to the cost target unless it already meets it."""
     started = time.perf_counter()
     result = get_method(method_name).search(task)
-    widths, multiplier = result.widths, 1.0
+    widths, multiplier, weights = result.widths, 1.0, result.weights
     if result.match_target and task.cost_target is not None:
         current = task.cost_model.cost(widths, task.convention)
         if abs(current - task.cost_target) > 0.005 * task.cost_target:
             matched = match_cost(widths, task.cost_target, task.cost_model, convention=task.convention)
-            widths, multiplier = matched.widths, matched.multiplier
+            widths, multiplier, weights = (
+                matched.widths,
+                matched.multiplier,
+                None,
+            )  # rescaled: weights no longer fit
     return FoundWidths(
-        widths, result.search_flops, time.perf_counter() - started, multiplier, dict(result.info)
+        widths,
+        result.search_flops,
+        time.perf_counter() - started,
+        multiplier,
+        dict(result.info),
+        weights,
+        result.init_from_weights and weights is not None,
     )
+
+
+def retrain_mode(config: Mapping[str, Any]) -> str:
+    """How the found widths are retrained: scratch-e (default), scratch-b or finetune."""
+    return str(config.get("retrain.mode", "scratch-e"))
+
+
+def retraining(
+    config: Mapping[str, Any], recipe: TrainConfig, found: FoundWidths, cost_model: CostModel
+) -> TrainConfig:
+    """The recipe the found widths are trained with under the trial's retraining mode (Rethinking's budgets)."""
+    mode = retrain_mode(config)
+    if mode == "scratch-e":
+        return recipe
+    large = config.get("retrain.large_scale")
+    return retrain_recipe(
+        mode,
+        recipe,
+        float(cost_model.base().flops),
+        float(cost_model.evaluate(found.widths).flops),
+        large_scale=bool(large) if large is not None else config.get("data.name") == "imagefolder",
+        finetune_epochs=config.get("retrain.finetune_epochs"),
+    )
+
+
+def starting_weights(config: Mapping[str, Any], found: FoundWidths, method: str) -> Mapping[str, Any] | None:
+    """The weights training starts from: the kept ones to fine-tune, generated ones when the method asks."""
+    if retrain_mode(config) == "finetune":
+        if found.weights is None:
+            raise ValueError(
+                f"retrain.mode: finetune needs inherited weights, and {method} kept none "
+                "(use a pruning method such as slimming or l1_filter, without cost matching)"
+            )
+        return found.weights
+    return found.weights if found.init_from_weights else None
 
 
 def epoch_metrics(
@@ -109,7 +158,10 @@ def epoch_metrics(
 
 def _save_state(directory: Path, state: TrainState, found: FoundWidths) -> None:
     torch.save(
-        {"train": asdict(state), "found": {**asdict(found), "widths": found.widths.as_dict()}},
+        {
+            "train": asdict(state),
+            "found": {**asdict(replace(found, weights=None)), "widths": found.widths.as_dict()},
+        },
         directory / STATE_FILE,
     )
 
@@ -162,7 +214,12 @@ def run_trial(config: dict[str, Any]) -> None:
         )
         artifact.save(Path(tune.get_context().get_trial_dir()) / WIDTHS_FILE)
 
+    recipe = retraining(config, recipe, found, cost_model)
     model = materialize(spec, found.widths, seed=recipe.seed)
+    if resume is None:
+        weights = starting_weights(config, found, config["method"])
+        if weights is not None:
+            model.load_state_dict(weights)
     latest: list[TrainState] = []
 
     def report(record: EpochRecord) -> None:

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
-from widthtune.trainables import direct, given, random_widths, uniform
+from widthtune.trainables import control, direct, given, l1_filter, lwdna, random_widths, slimming, uniform
 from widthtune.trainables.task import Method
 
 METHODS: dict[str, Method] = {
-    m.name: m for m in (uniform.METHOD, random_widths.METHOD, direct.METHOD, given.METHOD)
+    m.name: m
+    for m in (
+        uniform.METHOD,
+        random_widths.METHOD,
+        direct.METHOD,
+        given.METHOD,
+        lwdna.METHOD,
+        slimming.METHOD,
+        l1_filter.METHOD,
+        control.METHOD,
+    )
 }
 
 

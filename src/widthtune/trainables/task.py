@@ -52,6 +52,9 @@ class SearchResult:
     match_target: bool = True
     info: Mapping[str, Any] = field(default_factory=dict)
     weights: Mapping[str, Any] | None = None
+    init_from_weights: bool = (
+        False  # scratch training starts from `weights` (else they serve fine-tuning only)
+    )
 
 
 @dataclass(frozen=True)
@@ -65,3 +68,4 @@ class Method:
     check: Callable[[Mapping[str, Any]], None] = lambda params: None
     width_space: Callable[[ChannelSpace, Mapping[str, Any]], Any] | None = None
     searchable: bool = True
+    keeps_weights: bool = False  # its result carries the pruned model's weights, so it can be fine-tuned

@@ -1,0 +1,84 @@
+"""Rethinking's architecture controls for a pruned width vector, each matched to the same cost.
+
+- uniform: the base shape under one width multiplier -- what pruning every layer by the same share gives;
+- guided ("Guided Pruning"): each stage's average pruned width ratio, sum(widths) / sum(base) over the
+  stage's groups (for VGG, whose layers in a stage share a base width, exactly "the average number of
+  channels in each layer stage"), applied to every group of that stage;
+- transferred guided: the stage ratios of one model (e.g. VGG-16 pruned on CIFAR-10) applied by stage index
+  to another (e.g. VGG-19), as the chapter's "Transferred Guided Pruning".
+
+Every control is then scaled by one multiplier (`match_cost`) to `target` within 0.5%. Groups without a
+stage keep their own ratio (guided) or take the source's overall ratio (transferred).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from widthtune.models.cost import CostModel
+from widthtune.models.match import CostMatch, match_cost
+from widthtune.models.space import ChannelGroup, ChannelSpace
+from widthtune.models.widths import Widths
+
+TOLERANCE = 0.005
+StageKey = int | str
+
+
+def _stage_key(group: ChannelGroup) -> StageKey:
+    return group.stage if group.stage is not None else group.name
+
+
+def stage_ratios(widths: Widths) -> dict[StageKey, float]:
+    """Each stage's channels relative to the base, sum(widths) / sum(base); unstaged groups by name."""
+    totals: dict[StageKey, list[int]] = {}
+    for group, width in zip(widths.space, widths.values, strict=True):
+        total = totals.setdefault(_stage_key(group), [0, 0])
+        total[0] += width
+        total[1] += group.base
+    return {key: kept / base for key, (kept, base) in totals.items()}
+
+
+def _match(
+    space: ChannelSpace, ratios: Mapping[str, float], cost_model: CostModel, target: float, convention: str
+) -> CostMatch:
+    if cost_model.space != space:
+        raise ValueError("cost_model: it prices a different channel space than the control is built for")
+    shape = {group.name: group.base * ratios[group.name] for group in space}
+    return match_cost(shape, target, cost_model, convention=convention, tolerance=TOLERANCE)
+
+
+def uniform_control(
+    space: ChannelSpace, cost_model: CostModel, target: float, convention: str = "macs"
+) -> CostMatch:
+    """The base shape under one multiplier, at the target cost."""
+    return _match(space, dict.fromkeys(space.names, 1.0), cost_model, target, convention)
+
+
+def guided_control(
+    widths: Widths, cost_model: CostModel, target: float, convention: str = "macs"
+) -> CostMatch:
+    """Every group takes its stage's average pruned ratio, then one multiplier meets the target."""
+    ratios = stage_ratios(widths)
+    per_group = {group.name: ratios[_stage_key(group)] for group in widths.space}
+    return _match(widths.space, per_group, cost_model, target, convention)
+
+
+def transferred_guided(
+    source_widths: Widths,
+    target_space: ChannelSpace,
+    cost_model: CostModel,
+    target: float,
+    convention: str = "macs",
+) -> CostMatch:
+    """Another model's stage ratios applied to `target_space` by stage index, then matched to the target."""
+    ratios = stage_ratios(source_widths)
+    overall = sum(source_widths.values) / sum(group.base for group in source_widths.space)
+    missing = sorted({g.stage for g in target_space if g.stage is not None and g.stage not in ratios})
+    if missing:
+        stages = sorted(k for k in ratios if isinstance(k, int))
+        raise ValueError(
+            f"source_widths: the source model has no stage {', '.join(map(str, missing))} "
+            f"(its stages: {', '.join(map(str, stages)) or 'none'}); transfer needs the same stage indices"
+        )
+    per_group = {g.name: ratios[g.stage] if g.stage is not None else overall for g in target_space}
+    return _match(target_space, per_group, cost_model, target, convention)

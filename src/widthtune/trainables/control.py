@@ -1,0 +1,107 @@
+"""`control`: Rethinking's architecture controls for a pruning method, each at the pruned model's cost.
+
+The trial runs the source method's search (same seed, so the same pruned model as the source's own trial),
+then trains one of its controls from scratch: `uniform` (the base shape under one multiplier) or `guided`
+(each stage's average pruned width). With `source_model` (and optionally `source_data`) the source prunes
+another model or dataset and its stage pattern is applied here: transferred guided pruning (e.g. VGG-16 on one
+dataset guiding VGG-19 on another). The cost is the task's target when set, else the pruned model's share of
+its own base cost, applied to this model's base.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
+
+from widthtune.models.cost import CostModel
+from widthtune.models.registry import canonical_spec
+from widthtune.search_spaces.controls import guided_control, stage_ratios, transferred_guided, uniform_control
+from widthtune.trainables.task import Method, SearchResult, Task
+from widthtune.training.datasets import DataSpec, load_dataset
+
+KINDS = ("uniform", "guided")
+DEFAULTS: dict[str, Any] = {
+    "kind": "guided",
+    "source": "slimming",
+    "source_params": {},
+    "source_model": None,
+    "source_data": None,
+}
+
+
+def _source_task(task: Task, params: Mapping[str, Any]) -> Task:
+    """The task the source method prunes: this one, or another model and/or dataset."""
+    spec = canonical_spec(params["source_model"]) if params["source_model"] else task.model
+    cost_model = task.cost_model if spec == task.model else CostModel.from_spec(spec)
+    target = task.cost_target
+    if target is not None and cost_model is not task.cost_model:
+        target = target / task.cost_model.base()[task.convention] * cost_model.base()[task.convention]
+    data = load_dataset(DataSpec(**params["source_data"])) if params["source_data"] else task.data
+    return replace(
+        task,
+        model=spec,
+        data=data,
+        cost_model=cost_model,
+        cost_target=target,
+        params=dict(params["source_params"] or {}),
+    )
+
+
+def search(task: Task) -> SearchResult:
+    """Prune with the source method, then build the control at the same cost (within 0.5%)."""
+    from widthtune.trainables.methods import get_method  # the registry imports this module
+
+    params = {**DEFAULTS, **task.params}
+    source = _source_task(task, params)
+    pruned = get_method(params["source"]).search(source)
+    base_cost = source.cost_model.base()[task.convention]
+    share = source.cost_model.cost(pruned.widths, task.convention) / base_cost
+    target = (
+        task.cost_target if task.cost_target is not None else share * task.cost_model.base()[task.convention]
+    )
+    if params["kind"] == "uniform":
+        matched = uniform_control(task.space, task.cost_model, target, task.convention)
+    elif source.model == task.model:
+        matched = guided_control(pruned.widths, task.cost_model, target, task.convention)
+    else:
+        matched = transferred_guided(pruned.widths, task.space, task.cost_model, target, task.convention)
+    info = {
+        "kind": params["kind"],
+        "source": params["source"],
+        "source_model": str(source.model),
+        "source_share": share,
+        "source_stage_ratios": {str(k): v for k, v in stage_ratios(pruned.widths).items()},
+        "multiplier": matched.multiplier,
+    }
+    return SearchResult(matched.widths, search_flops=pruned.search_flops, match_target=False, info=info)
+
+
+def check(params: Mapping[str, Any]) -> None:
+    """Kind, source method and its settings, source model and data are valid."""
+    from widthtune.trainables.methods import get_method
+
+    merged = {**DEFAULTS, **params}
+    if merged["kind"] not in KINDS:
+        raise ValueError(f"method.kind: {merged['kind']!r} is not allowed; choose one of: {', '.join(KINDS)}")
+    if merged["source"] == "control":
+        raise ValueError("method.source: a control needs a pruning method as its source, not another control")
+    source = get_method(str(merged["source"]))
+    if not isinstance(merged["source_params"] or {}, Mapping):
+        raise ValueError(f"method.source_params: {merged['source_params']!r} is not a mapping of settings")
+    source.check(dict(merged["source_params"] or {}))
+    if merged["source_model"]:
+        canonical_spec(merged["source_model"])
+    if merged["source_data"] is not None:
+        if not isinstance(merged["source_data"], Mapping):
+            raise ValueError(f"method.source_data: {merged['source_data']!r} is not a data section")
+        DataSpec(**merged["source_data"])
+
+
+METHOD = Method(
+    name="control",
+    search=search,
+    defaults=DEFAULTS,
+    summary="Rethinking's controls: uniform or (transferred) guided pruning at a pruning method's cost",
+    check=check,
+)

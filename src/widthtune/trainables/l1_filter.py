@@ -1,0 +1,194 @@
+"""`l1_filter`: Li et al.'s L1-norm filter pruning -- predefined per-layer ratios on a pretrained model.
+
+The base model (seed task.seed) is trained for `pretrain_epochs` on the task's recipe (the paper prunes a
+fully trained model; its FLOPs count as search cost), then each prunable group drops its `ratio` of filters
+with the smallest L1 norms. The target widths are thus fixed by the ratios (a "predefined" architecture in
+Rethinking's terms); only which channels survive depends on the weights.
+
+- `ratio` is one number for every prunable group, a list with one number per prunable group (in channel-
+  space order), or a mapping group -> ratio (groups left out keep every channel; a nested mapping, as a
+  flattened config delivers `ratio.stage1.block1.mid`, is read back into dotted group names);
+- a filter's score is the sum, over the group's conv (and linear) output members, of each member's L1 norm
+  for that output channel: a residual stream's channel is written by several convs and is kept or removed
+  in all of them at once, so its importance is the total weight mass that writes it;
+- widths are rounded to the group's divisor, never below its minimum (never 0), keeping the top filters.
+
+Streams routed by a zero-pad (option A) shortcut are not prunable (see models.inherit): there, as Li et al.
+do for CIFAR ResNets, prune the blocks' inner (`mid`) groups.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from widthtune.models.inherit import inherit_weights, pad_linked_groups, top_channels
+from widthtune.models.registry import materialize
+from widthtune.models.space import ChannelSpace
+from widthtune.models.widths import Widths, round_width
+from widthtune.trainables.retraining import rescale_recipe
+from widthtune.trainables.task import Method, SearchResult, Task
+from widthtune.training.loop import train
+
+DEFAULTS: dict[str, Any] = {"ratio": 0.5, "pretrain_epochs": 5}
+TRAIN_FLOPS_PER_MAC_PER_IMAGE = 6  # forward + backward = 3 forwards of 2 FLOPs per MAC
+
+
+def filter_norms(
+    model: nn.Module, space: ChannelSpace, exclude: frozenset[str] = frozenset()
+) -> dict[str, Tensor]:
+    """Per prunable group, each output channel's L1 norm summed over the group's conv/linear writers."""
+    modules = dict(model.named_modules())
+    norms: dict[str, Tensor] = {}
+    for group in space:
+        if group.name in exclude:
+            continue
+        writers = [
+            modules[m.path]
+            for m in group.members
+            if m.kind == "out" and isinstance(modules.get(m.path), nn.Conv2d | nn.Linear)
+        ]
+        if writers:
+            per_writer = [w.weight.detach().abs().float().cpu().flatten(1).sum(1) for w in writers]
+            norms[group.name] = torch.stack(per_writer).sum(0)
+    return norms
+
+
+def flatten_ratio(value: Any, prefix: str = "") -> Any:
+    """A nested mapping (a flattened config read back) as {dotted group name: ratio}; other values unchanged."""
+    if not isinstance(value, Mapping):
+        return value
+    flat: dict[str, Any] = {}
+    for key, inner in value.items():
+        name = f"{prefix}{key}"
+        if isinstance(inner, Mapping):
+            flat.update(flatten_ratio(inner, f"{name}."))
+        else:
+            flat[name] = inner
+    return flat
+
+
+def _gather(params: Mapping[str, Any]) -> dict[str, Any]:
+    """DEFAULTS and params, with `ratio.<group>` keys folded into one ratio mapping."""
+    merged = {**DEFAULTS, **{k: v for k, v in params.items() if not str(k).startswith("ratio.")}}
+    dotted = {str(k)[len("ratio.") :]: v for k, v in params.items() if str(k).startswith("ratio.")}
+    if dotted:
+        merged["ratio"] = dotted
+    merged["ratio"] = flatten_ratio(merged["ratio"])
+    return merged
+
+
+def _check_one(field: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (0 <= value < 1):
+        raise ValueError(f"{field}: {value!r} is not allowed; choose a number in [0, 1)")
+
+
+def group_ratios(space: ChannelSpace, prunable: list[str], ratio: Any) -> dict[str, float]:
+    """Each prunable group's ratio from a number, a list (one per prunable group) or a mapping."""
+    ratio = flatten_ratio(ratio)
+    if isinstance(ratio, Mapping):
+        for name, value in ratio.items():
+            if name not in space:
+                raise ValueError(
+                    f"method.ratio.{name}: no such channel group; prunable groups: {', '.join(prunable[:8])}"
+                    f"{' ...' if len(prunable) > 8 else ''}"
+                )
+            if name not in prunable:
+                raise ValueError(
+                    f"method.ratio.{name}: this group cannot be pruned (no conv writes it, or a zero-pad "
+                    "shortcut routes it by position)"
+                )
+            _check_one(f"method.ratio.{name}", value)
+        return {name: float(ratio.get(name, 0.0)) for name in prunable}
+    if isinstance(ratio, list | tuple):
+        if len(ratio) != len(prunable):
+            raise ValueError(
+                f"method.ratio: a list needs one ratio per prunable group ({len(prunable)}: "
+                f"{', '.join(prunable[:8])}{' ...' if len(prunable) > 8 else ''}), got {len(ratio)}"
+            )
+        for name, value in zip(prunable, ratio, strict=True):
+            _check_one(f"method.ratio.{name}", value)
+        return {name: float(value) for name, value in zip(prunable, ratio, strict=True)}
+    _check_one("method.ratio", ratio)
+    return dict.fromkeys(prunable, float(ratio))
+
+
+def prune_by_ratios(
+    space: ChannelSpace, scores: Mapping[str, Tensor], ratios: Mapping[str, float]
+) -> tuple[Widths, dict[str, tuple[int, ...]]]:
+    """Each group keeps its top-scored (1 - ratio) share of filters, rounded to its divisor, at least its minimum."""
+    kept, values = {}, []
+    for group in space:
+        if group.name not in scores:
+            kept[group.name] = tuple(range(group.base))
+            values.append(group.base)
+            continue
+        width = min(group.base, round_width(group.base * (1 - ratios.get(group.name, 0.0)), group))
+        kept[group.name] = top_channels(scores[group.name], width)
+        values.append(width)
+    return Widths(space, tuple(values)), kept
+
+
+def search(task: Task) -> SearchResult:
+    """Pretrain the base model, rank filters by L1 norm, prune each group by its ratio, inherit the weights."""
+    check(task.params)
+    params = _gather(task.params)
+    space = task.space
+    model = materialize(task.model, seed=task.seed)
+    images = 0
+    if params["pretrain_epochs"] > 0:
+        history = train(model, task.data, rescale_recipe(task.train, params["pretrain_epochs"]))
+        images = history.final.images_seen
+    model.to("cpu").eval()
+    scores = filter_norms(model, space, exclude=pad_linked_groups(model, space))
+    ratios = group_ratios(space, list(scores), params["ratio"])
+    widths, kept = prune_by_ratios(space, scores, ratios)
+    info = {
+        "ratios": ratios,
+        "pretrain_epochs": int(params["pretrain_epochs"]),
+        "images_seen": images,
+        "cost": float(task.cost_model.cost(widths, task.convention)),
+        "convention": task.convention,
+        "fixed_groups": sorted(set(space.names) - set(scores)),
+        "kept": {name: list(indices) for name, indices in kept.items()},
+    }
+    return SearchResult(
+        widths,
+        search_flops=float(TRAIN_FLOPS_PER_MAC_PER_IMAGE * task.cost_model.base().macs * images),
+        match_target=False,
+        info=info,
+        weights=inherit_weights(model, space, kept),
+    )
+
+
+def check(params: Mapping[str, Any]) -> None:
+    """Ratios in [0, 1) (one, a list or a mapping) and pretrain_epochs >= 0; the message names the field."""
+    merged = _gather(params)
+    epochs = merged["pretrain_epochs"]
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+        raise ValueError(f"method.pretrain_epochs: {epochs!r} is not allowed; choose an integer >= 0")
+    ratio = merged["ratio"]
+    if isinstance(ratio, Mapping):
+        for name, value in ratio.items():
+            _check_one(f"method.ratio.{name}", value)
+    elif isinstance(ratio, list | tuple):
+        if not ratio:
+            raise ValueError("method.ratio: an empty list is not allowed; give one ratio per prunable group")
+        for i, value in enumerate(ratio):
+            _check_one(f"method.ratio[{i}]", value)
+    else:
+        _check_one("method.ratio", ratio)
+
+
+METHOD = Method(
+    name="l1_filter",
+    search=search,
+    defaults=DEFAULTS,
+    summary="Li et al. L1-norm filter pruning: predefined per-group ratios on a pretrained model, kept weights",
+    check=check,
+    keeps_weights=True,
+)

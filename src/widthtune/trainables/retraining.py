@@ -1,0 +1,103 @@
+"""Rethinking's retraining budgets: Scratch-E, Scratch-B and the fine-tuning baseline, as training recipes.
+
+- `scratch-e` trains the pruned model from scratch for the recipe's own epochs.
+- `scratch-b` trains it for the same compute as the full model: epochs x cost_full / cost_pruned (rounded),
+  at most 2x at ImageNet scale, with the decay schedule (milestones, step size, warm-up) stretched by the
+  same factor so every decay happens at the same fraction of training.
+- `finetune` continues from inherited weights at the recipe's smallest learning rate, held constant:
+  `constant` -> lr; `step` -> lr x gamma^((epochs - 1) // step_size), the rate of the last epoch;
+  `multistep` -> lr x gamma^(milestones reached by the last epoch); `cosine` ends at zero, so its "smallest
+  useful rate" is the mean of the cosine over the last quarter of training, lr x (1/2 - sqrt(2)/pi) ~ 0.05 lr
+  -- the stretch where the standard CIFAR step recipe (milestones at 50% and 75%) holds its smallest rate.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import replace
+
+from widthtune.training.loop import TrainConfig
+
+RETRAIN_MODES = ("scratch-e", "scratch-b", "finetune")
+LARGE_SCALE_BUDGET_CAP = 2.0  # Rethinking: on ImageNet, Scratch-B at most doubles the epochs
+COSINE_LAST_QUARTER_MEAN = 0.5 - math.sqrt(2) / math.pi
+
+
+def _round(value: float) -> int:
+    """Round half up (Python's round() would send 2.5 to 2)."""
+    return math.floor(value + 0.5)
+
+
+def rescale_recipe(recipe: TrainConfig, epochs: int) -> TrainConfig:
+    """The recipe run for `epochs`, its milestones, step size and warm-up moved proportionally."""
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"train.epochs: {epochs!r} is not allowed; choose an integer >= 1")
+    factor = epochs / recipe.epochs
+    return replace(
+        recipe,
+        epochs=epochs,
+        milestones=tuple(max(1, _round(m * factor)) for m in recipe.milestones),
+        step_size=max(1, _round(recipe.step_size * factor)),
+        warmup_epochs=recipe.warmup_epochs * factor,
+    )
+
+
+def finetune_lr(recipe: TrainConfig) -> float:
+    """The smallest learning rate the recipe trains at (for cosine: its mean over the last quarter)."""
+    last_epoch = recipe.epochs - 1  # learning_rate() counts epochs from 0
+    if recipe.schedule == "step":
+        return recipe.lr * recipe.gamma ** (last_epoch // recipe.step_size)
+    if recipe.schedule == "multistep":
+        return recipe.lr * recipe.gamma ** sum(last_epoch >= m for m in recipe.milestones)
+    if recipe.schedule == "cosine":
+        return recipe.lr * COSINE_LAST_QUARTER_MEAN
+    return recipe.lr
+
+
+def budget_factor(full_cost: float, pruned_cost: float, large_scale: bool = False) -> float:
+    """How many times longer Scratch-B trains: cost_full / cost_pruned, capped at 2 at ImageNet scale."""
+    for name, value in (("full_cost", full_cost), ("pruned_cost", pruned_cost)):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, numbers.Real)
+            or not math.isfinite(value)
+            or value <= 0
+        ):
+            raise ValueError(f"retrain.{name}: {value!r} is not allowed; choose a positive number")
+    if pruned_cost > full_cost:
+        raise ValueError(
+            f"retrain.pruned_cost: {pruned_cost:g} is more than full_cost {full_cost:g}; "
+            "Scratch-B only lengthens training of a model cheaper than the full one"
+        )
+    factor = full_cost / pruned_cost
+    return min(factor, LARGE_SCALE_BUDGET_CAP) if large_scale else factor
+
+
+def retrain_recipe(
+    mode: str,
+    recipe: TrainConfig,
+    full_cost: float,
+    pruned_cost: float,
+    large_scale: bool = False,
+    finetune_epochs: int | None = None,
+) -> TrainConfig:
+    """The recipe the pruned model is retrained with under one of RETRAIN_MODES."""
+    if mode not in RETRAIN_MODES:
+        raise ValueError(f"retrain.mode: {mode!r} is not allowed; choose one of: {', '.join(RETRAIN_MODES)}")
+    factor = budget_factor(full_cost, pruned_cost, large_scale)
+    if mode == "scratch-e":
+        return recipe
+    if mode == "scratch-b":
+        return rescale_recipe(recipe, max(1, _round(recipe.epochs * factor)))
+    epochs = recipe.epochs if finetune_epochs is None else finetune_epochs
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"retrain.finetune_epochs: {epochs!r} is not allowed; choose an integer >= 1")
+    return replace(
+        recipe,
+        epochs=epochs,
+        lr=finetune_lr(recipe),
+        schedule="constant",
+        milestones=(),
+        warmup_epochs=0.0,
+    )

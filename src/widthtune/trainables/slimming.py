@@ -1,0 +1,347 @@
+"""`slimming`: Network Slimming -- L1-sparsify BN gammas while training, then prune by one global threshold.
+
+The base model (seed task.seed) starts with every BN gamma at `gamma_init` (0.5) and trains on the task's
+recipe (stretched to `sparsity_epochs`) with lam x sum |gamma| added to the loss (autograd gives the
+subgradient sign(gamma)). Channels are then ranked across all groups at once:
+
+- a channel's score is the mean |gamma| over its group's BN members. A plain conv group has one BN; a
+  residual stream has one BN per block writing into it (stem, each block's last BN, projection BNs), and
+  since the stream's channels are kept or removed together, the mean over those BNs is the one number that
+  says how much the whole stream uses the channel;
+- the lowest-scored channels go first, globally; a group that reaches its smallest legal width (never 0)
+  stops losing channels and the threshold moves on to the others, so a ratio is met exactly in channels
+  (up to divisor rounding where a group's divisor is above 1);
+- `prune: ratio` removes round(ratio x prunable channels); `prune: cost` bisects the number of removed
+  channels (the threshold) to the least that brings the cost to at most task.cost_target; when that last
+  channel overshoots by more than 0.5%, the best-scored removed channels that still fit are put back, so the
+  cost lands within 0.5% below the target when integer widths allow (else the closest below it finds);
+- widths are rounded to each group's divisor by keeping the group's top-scored channels.
+
+Groups without a BN, and streams routed by a zero-pad (option A) shortcut, are not pruned (see
+models.inherit). The result carries the kept indices and the sparsity-trained weights cut to them.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from widthtune.models.cost import CostModel
+from widthtune.models.inherit import inherit_weights, pad_linked_groups, top_channels
+from widthtune.models.registry import materialize
+from widthtune.models.space import ChannelSpace
+from widthtune.models.spec import ModelSpec
+from widthtune.models.widths import Widths, round_width, smallest_width
+from widthtune.trainables.retraining import rescale_recipe
+from widthtune.trainables.task import Method, SearchResult, Task
+from widthtune.training.loop import train
+
+DEFAULTS: dict[str, Any] = {
+    "lam": None,  # None: 1e-4 for VGG, 1e-5 otherwise (Network Slimming)
+    "gamma_init": 0.5,
+    "sparsity_epochs": None,  # None: the recipe's epochs, as the paper sparsity-trains the full schedule
+    "ratio": None,  # None: 0.7 for VGG (VGG-19 CIFAR-10), 0.4 otherwise (PreResNet-164)
+    "prune": "auto",  # auto: ratio if one is given, else the cost target, else the default ratio
+}
+PRUNE_MODES = ("auto", "ratio", "cost")
+TRAIN_FLOPS_PER_MAC_PER_IMAGE = 6  # forward + backward = 3 forwards of 2 FLOPs per MAC
+COST_TOLERANCE = 0.005
+SMALL_GAMMA = 1e-2  # info reports the share of gammas below this, a direct read-out of the sparsity
+BN = nn.modules.batchnorm._BatchNorm
+
+
+@dataclass(frozen=True)
+class Selection:
+    """A global pruning decision: widths, kept channels per group, how many were removed, at what score."""
+
+    widths: Widths
+    kept: dict[str, tuple[int, ...]]
+    pruned: int
+    prunable: int
+    threshold: float | None
+
+    @property
+    def ratio(self) -> float:
+        """Fraction of prunable channels removed."""
+        return (self.pruned / self.prunable) if self.prunable else 0.0
+
+
+def is_vgg(spec: ModelSpec) -> bool:
+    """VGG-like models take Network Slimming's VGG defaults."""
+    return "vgg" in f"{spec.family}:{spec.target or ''}".lower()
+
+
+def bn_scores(
+    model: nn.Module, space: ChannelSpace, exclude: frozenset[str] = frozenset()
+) -> dict[str, Tensor]:
+    """Per prunable group, each channel's mean |gamma| over the group's BN members."""
+    modules = dict(model.named_modules())
+    scores: dict[str, Tensor] = {}
+    for group in space:
+        if group.name in exclude:
+            continue
+        gammas = [
+            modules[m.path].weight.detach().abs().float().cpu()
+            for m in group.members
+            if m.kind != "param"
+            and isinstance(modules.get(m.path), BN)
+            and modules[m.path].weight is not None
+        ]
+        if gammas:
+            scores[group.name] = torch.stack(gammas).mean(0)
+    return scores
+
+
+def pruning_sequence(space: ChannelSpace, scores: Mapping[str, Tensor]) -> list[tuple[str, int, float]]:
+    """Channels in the order a rising global threshold removes them, skipping those a group's floor protects.
+
+    Ties break by group order, then channel index, so the sequence is deterministic.
+    """
+    entries = sorted(
+        (float(value), space.index(name), channel)
+        for name, values in scores.items()
+        for channel, value in enumerate(values.tolist())
+    )
+    room = {name: space[name].base - smallest_width(space[name]) for name in scores}
+    sequence = []
+    for value, position, channel in entries:
+        name = space.groups[position].name
+        if room[name] > 0:
+            room[name] -= 1
+            sequence.append((name, channel, value))
+    return sequence
+
+
+def _selection(
+    space: ChannelSpace, scores: Mapping[str, Tensor], values: list[int], threshold: float | None
+) -> Selection:
+    """Kept channels for per-group widths: each group's top-scored channels."""
+    widths = Widths(space, tuple(values))
+    kept = {
+        g.name: top_channels(scores[g.name], widths[g.name]) if g.name in scores else tuple(range(g.base))
+        for g in space
+    }
+    prunable = sum(space[name].base for name in scores)
+    pruned = sum(space[name].base - widths[name] for name in scores)
+    return Selection(widths, kept, pruned, prunable, threshold)
+
+
+def _widths_after(
+    space: ChannelSpace, scores: Mapping[str, Tensor], sequence: list[tuple[str, int, float]], count: int
+) -> list[int]:
+    removed: dict[str, int] = {}
+    for name, _, _ in sequence[:count]:
+        removed[name] = removed.get(name, 0) + 1
+    return [
+        min(g.base, round_width(g.base - removed.get(g.name, 0), g)) if g.name in scores else g.base
+        for g in space
+    ]
+
+
+def select(
+    space: ChannelSpace, scores: Mapping[str, Tensor], sequence: list[tuple[str, int, float]], count: int
+) -> Selection:
+    """Remove the first `count` channels of the sequence, round each group to its divisor by score, keep the rest."""
+    threshold = sequence[count - 1][2] if count > 0 else None
+    return _selection(space, scores, _widths_after(space, scores, sequence, count), threshold)
+
+
+def prune_to_ratio(space: ChannelSpace, scores: Mapping[str, Tensor], ratio: float) -> Selection:
+    """Remove round(ratio x prunable channels), as far as group floors allow."""
+    sequence = pruning_sequence(space, scores)
+    prunable = sum(space[name].base for name in scores)
+    return select(space, scores, sequence, min(len(sequence), math.floor(ratio * prunable + 0.5)))
+
+
+def prune_to_cost(
+    space: ChannelSpace,
+    scores: Mapping[str, Tensor],
+    cost_model: CostModel,
+    target: float,
+    convention: str = "macs",
+    tolerance: float = COST_TOLERANCE,
+) -> Selection:
+    """The fewest removals (bisected) whose cost is at most `target`; removing channels never raises the cost.
+
+    When the last removal overshoots by more than `tolerance` (one expensive channel), the best-scored
+    removed channels that still fit under the target are put back, one divisor step at a time.
+    """
+    sequence = pruning_sequence(space, scores)
+
+    def cost(count: int) -> float:
+        return float(cost_model.cost(np.asarray(_widths_after(space, scores, sequence, count)), convention))
+
+    if cost(len(sequence)) > target:
+        raise ValueError(
+            f"cost_target: {target:,.0f} {convention} is below {cost(len(sequence)):,.0f}, the cheapest model "
+            "pruning can reach (every prunable group at its minimum width)"
+        )
+    low, high = 0, len(sequence)  # invariant: cost(high) <= target; cost(low - 1) > target
+    while low < high:
+        middle = (low + high) // 2
+        if cost(middle) <= target:
+            high = middle
+        else:
+            low = middle + 1
+    values = _widths_after(space, scores, sequence, high)
+    if cost(high) < target * (1 - tolerance):
+        values = _restore(space, scores, values, cost_model, target, convention)
+    return _selection(space, scores, values, sequence[high - 1][2] if high > 0 else None)
+
+
+def _restore(
+    space: ChannelSpace,
+    scores: Mapping[str, Tensor],
+    values: list[int],
+    cost_model: CostModel,
+    target: float,
+    convention: str,
+) -> list[int]:
+    """Grow, best next channel first, every group whose next divisor step keeps the cost at most `target`."""
+    ranked = {name: torch.sort(s, descending=True).values for name, s in scores.items()}
+    values = list(values)
+    while True:
+        options = [
+            (float(ranked[g.name][values[i]]), i)
+            for i, g in enumerate(space)
+            if g.name in scores and values[i] + g.divisor <= g.base
+        ]
+        if not options:
+            return values
+        trials = np.repeat(np.asarray(values, dtype=np.float64)[None], len(options), axis=0)
+        for row, (_, i) in enumerate(options):
+            trials[row, i] += space.groups[i].divisor
+        fits = cost_model.cost(trials, convention) <= target
+        feasible = [option for option, ok in zip(options, fits, strict=True) if ok]
+        if not feasible:
+            return values
+        _, best = max(feasible)
+        values[best] += space.groups[best].divisor
+
+
+def _family_defaults(task: Task) -> dict[str, Any]:
+    vgg = is_vgg(task.model)
+    return {"lam": 1e-4 if vgg else 1e-5, "ratio": 0.7 if vgg else 0.4}
+
+
+def resolve_params(task: Task) -> dict[str, Any]:
+    """DEFAULTS, the trial's values, and the family defaults and prune mode filled in."""
+    given = dict(task.params)
+    check(given)
+    params = {**DEFAULTS, **given}
+    family = _family_defaults(task)
+    if params["lam"] is None:
+        params["lam"] = family["lam"]
+    if params["sparsity_epochs"] is None:
+        params["sparsity_epochs"] = task.train.epochs
+    if params["prune"] == "auto":
+        use_cost = params["ratio"] is None and task.cost_target is not None
+        params["prune"] = "cost" if use_cost else "ratio"
+    if params["prune"] == "cost" and task.cost_target is None:
+        raise ValueError("method.prune: 'cost' needs a cost target; set cost_target or use prune: ratio")
+    if params["ratio"] is None:
+        params["ratio"] = family["ratio"]
+    return params
+
+
+def sparsity_train(model: nn.Module, task: Task, lam: float, gamma_init: float, epochs: int) -> int:
+    """Set every BN gamma to gamma_init and train with lam x sum |gamma|; returns the images seen."""
+    gammas = [m.weight for m in model.modules() if isinstance(m, BN) and m.weight is not None]
+    with torch.no_grad():
+        for gamma in gammas:
+            gamma.fill_(gamma_init)
+
+    def l1_gamma(_: nn.Module) -> Tensor:
+        return lam * torch.stack([gamma.abs().sum() for gamma in gammas]).sum()
+
+    history = train(
+        model, task.data, rescale_recipe(task.train, epochs), regularizer=l1_gamma if lam else None
+    )
+    return history.final.images_seen
+
+
+def search(task: Task) -> SearchResult:
+    """Sparsity-train the base model, prune globally by BN gamma, return widths, kept indices and weights."""
+    params = resolve_params(task)
+    space = task.space
+    model = materialize(task.model, seed=task.seed)
+    images = sparsity_train(
+        model, task, float(params["lam"]), float(params["gamma_init"]), params["sparsity_epochs"]
+    )
+    model.to("cpu").eval()
+    fixed = pad_linked_groups(model, space)
+    scores = bn_scores(model, space, exclude=fixed)
+    if params["prune"] == "cost":
+        chosen = prune_to_cost(space, scores, task.cost_model, float(task.cost_target), task.convention)
+    else:
+        chosen = prune_to_ratio(space, scores, float(params["ratio"]))
+    cost = float(task.cost_model.cost(chosen.widths, task.convention))
+    all_gammas = torch.cat([m.weight.detach().abs().flatten() for m in model.modules() if isinstance(m, BN)])
+    info = {
+        "prune": params["prune"],
+        "lam": float(params["lam"]),
+        "gamma_init": float(params["gamma_init"]),
+        "sparsity_epochs": int(params["sparsity_epochs"]),
+        "requested_ratio": float(params["ratio"]) if params["prune"] == "ratio" else None,
+        "ratio": chosen.ratio,
+        "pruned_channels": chosen.pruned,
+        "prunable_channels": chosen.prunable,
+        "threshold": chosen.threshold,
+        "cost": cost,
+        "convention": task.convention,
+        "cost_target": float(task.cost_target) if task.cost_target is not None else None,
+        "cost_error": (cost - task.cost_target) / task.cost_target if task.cost_target else None,
+        "fixed_groups": sorted(set(space.names) - set(scores)),
+        "small_gamma_share": float((all_gammas < SMALL_GAMMA).float().mean()),
+        "images_seen": images,
+        "kept": {name: list(indices) for name, indices in chosen.kept.items()},
+    }
+    return SearchResult(
+        chosen.widths,
+        search_flops=float(TRAIN_FLOPS_PER_MAC_PER_IMAGE * task.cost_model.base().macs * images),
+        match_target=False,
+        info=info,
+        weights=inherit_weights(model, space, chosen.kept),
+    )
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check(params: Mapping[str, Any]) -> None:
+    """Every hyperparameter is a plain value in its allowed range; the message names the field."""
+    merged = {**DEFAULTS, **params}
+    lam, gamma_init, epochs = merged["lam"], merged["gamma_init"], merged["sparsity_epochs"]
+    ratio, prune = merged["ratio"], merged["prune"]
+    if lam is not None and not (_number(lam) and lam >= 0):
+        raise ValueError(
+            f"method.lam: {lam!r} is not allowed; choose a number >= 0 (or null for the default)"
+        )
+    if not (_number(gamma_init) and gamma_init > 0):
+        raise ValueError(f"method.gamma_init: {gamma_init!r} is not allowed; choose a number > 0")
+    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
+        raise ValueError(
+            f"method.sparsity_epochs: {epochs!r} is not allowed; choose an integer >= 1 (or null)"
+        )
+    if ratio is not None and not (_number(ratio) and 0 < ratio < 1):
+        raise ValueError(f"method.ratio: {ratio!r} is not allowed; choose a number in (0, 1)")
+    if prune not in PRUNE_MODES:
+        raise ValueError(f"method.prune: {prune!r} is not allowed; choose one of: {', '.join(PRUNE_MODES)}")
+
+
+METHOD = Method(
+    name="slimming",
+    search=search,
+    defaults=DEFAULTS,
+    summary="Network Slimming: L1 on BN gammas while training, one global threshold to a channel ratio or cost",
+    check=check,
+    keeps_weights=True,
+)
