@@ -75,6 +75,15 @@ class Resources(BaseModel):
     gpu: float = Field(default=0.0, ge=0)
 
 
+class DistillEntry(BaseModel):
+    """Knowledge distillation for a method's retraining: a teacher and the loss weights (LW-DNA: 0.4, T 4)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    teacher: str
+    alpha: float = Field(default=0.4, ge=0, le=1)
+    temperature: float = Field(default=4.0, gt=0)
+
+
 class MethodEntry(BaseModel):
     """One method: its name, optional label, per-method search/scheduler/num_samples, and its hyperparameters."""
 
@@ -85,6 +94,7 @@ class MethodEntry(BaseModel):
     search: SearchConfig | None = None
     scheduler: SchedulerConfig | None = None
     retrain: dict[str, Any] | None = None
+    distill: DistillEntry | None = None
 
     _shorthand = field_validator("search", "scheduler", mode="before")(_named)
 
@@ -318,6 +328,7 @@ def _check(config: ExperimentConfig) -> None:
     for entry, label in zip(config.entries, config.labels(), strict=True):
         _check_method(config, entry, label, space)
     _check_retrain(config)
+    _check_distill(config)
     if config.kind == "transfer":
         _check_transfer(config, spec)
     elif config.transfer is not None:
@@ -369,6 +380,26 @@ def _check_retrain(config: ExperimentConfig) -> None:
             raise ConfigError(
                 f"{where}.mode: scratch-b trains longer than train.epochs, past {scheduler.name}'s max_t; "
                 f"use scheduler fifo or median for methods[{label}]"
+            )
+
+
+def _check_distill(config: ExperimentConfig) -> None:
+    """A teacher is an earlier method's label in this experiment, or a trial folder / checkpoint on disk."""
+    labels = config.labels()
+    for i, (entry, label) in enumerate(zip(config.entries, labels, strict=True)):
+        if entry.distill is None:
+            continue
+        teacher = entry.distill.teacher
+        if teacher in labels:
+            if labels.index(teacher) >= i:
+                raise ConfigError(
+                    f"methods[{label}].distill.teacher: {teacher!r} must be listed before {label} (it trains first)"
+                )
+            continue
+        if not Path(teacher).expanduser().exists():
+            raise ConfigError(
+                f"methods[{label}].distill.teacher: {teacher!r} is neither an earlier method's label "
+                f"({', '.join(labels[:i]) or 'none'}) nor a trial folder or checkpoint file"
             )
 
 

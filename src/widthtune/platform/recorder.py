@@ -184,6 +184,8 @@ class TrialRecorder(tune.Callback):
             row[name] = last.get(name)
         row.update({column: config.get(key) for key, column in TRANSFER_COLUMNS.items()})
         row["retrain"] = config.get("retrain.mode", "scratch-e")
+        checkpoint = getattr(trial, "checkpoint", None)
+        row["checkpoint"] = checkpoint.path if checkpoint is not None else None
         if epochs:
             final = epochs[-1]
             row.update(

@@ -7,6 +7,7 @@ unless `storage` is a URI), and the report.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -26,6 +27,7 @@ from widthtune.platform.studies import Study, make_scheduler, make_searcher, pla
 from widthtune.platform.tracking import Tracking, open_parent_run, sqlite_uri
 from widthtune.platform.transfer import target_studies, transfer_points
 from widthtune.trainables.adapter import run_trial
+from widthtune.trainables.teacher import teacher_from_trials
 
 STATE_FILE = "experiment.json"
 FORMAT = "widthtune.experiment"
@@ -205,6 +207,18 @@ def _run_study(
     _write_state(directory, state)
 
 
+def _with_teacher(study: Study, config: ExperimentConfig, directory: Path) -> Study:
+    """A study distilling from an earlier method of this experiment, pointed at that method's best trial."""
+    teacher = study.constants.get("distill.teacher")
+    if teacher not in config.labels():
+        return study
+    try:
+        keys = teacher_from_trials(teacher, read_trials(directory / "results"))
+    except ValueError as error:
+        raise ConfigError(f"methods[{study.label}].{error}") from None
+    return dataclasses.replace(study, constants={**study.constants, **keys})
+
+
 def _transfer_phase(
     config: ExperimentConfig, directory: Path, state: dict[str, Any], say: Callable[[str], None]
 ) -> list[Study]:
@@ -231,7 +245,7 @@ def execute(directory: Path, say: Callable[[str], None] = print) -> dict[str, An
     tracking.client().update_run(tracking.parent_run_id, status="RUNNING")
     for study in plan_studies(config):
         if state["studies"].get(study.key) != "done":
-            _run_study(study, config, directory, state, say)
+            _run_study(_with_teacher(study, config, directory), config, directory, state, say)
     if config.kind == "transfer":
         for study in _transfer_phase(config, directory, state, say):
             if state["studies"].get(study.key) != "done":

@@ -61,6 +61,7 @@ TRIAL_SCHEMA = pa.schema(
         ("overhead_ratio", pa.float64()),
         ("overhead_flops", pa.float64()),
         ("overhead_seconds", pa.float64()),
+        ("checkpoint", pa.string()),
         ("params_json", pa.string()),
         ("mlflow_run_id", pa.string()),
         ("finished_at", pa.float64()),

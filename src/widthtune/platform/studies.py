@@ -120,6 +120,8 @@ def studies_for(
         } | own_constants
         base_domains = {k: v for k, v in base_domains.items() if not k.startswith("retrain.")} | own_domains
     constants = {**base_constants, **hyper_constants, "method": entry.name, "label": label}
+    if entry.distill is not None:
+        constants.update({f"distill.{k}": v for k, v in entry.distill.model_dump().items()})
     domains = {**base_domains, **hyper_domains}
     search = entry.search or config.search
     scheduler = entry.scheduler or config.scheduler

@@ -26,7 +26,9 @@ from widthtune.search_spaces.domains import unflatten
 from widthtune.trainables.methods import get_method
 from widthtune.trainables.retraining import retrain_recipe
 from widthtune.trainables.task import Task
+from widthtune.trainables.teacher import load_teacher
 from widthtune.training.datasets import DataSpec, load_dataset
+from widthtune.training.distill import DistillConfig
 from widthtune.training.loop import EpochRecord, NonFiniteLossError, TrainConfig, TrainState, train
 
 STATE_FILE = "trial_state.pt"
@@ -175,6 +177,19 @@ def _load_state(directory: Path, task: Task) -> tuple[TrainState, FoundWidths]:
     return TrainState(**train_state), FoundWidths(**found)
 
 
+def distillation(config: Mapping[str, Any]) -> dict[str, Any]:
+    """`teacher` and `distill` for the training loop when the trial distils from a trained teacher."""
+    if not config.get("distill.teacher"):
+        return {}
+    teacher = load_teacher(
+        config["distill.teacher"], config.get("distill.teacher_model"), config.get("distill.teacher_widths")
+    )
+    settings = DistillConfig(
+        float(config.get("distill.alpha", 0.4)), float(config.get("distill.temperature", 4.0))
+    )
+    return {"teacher": teacher, "distill": settings}
+
+
 def run_trial(config: dict[str, Any]) -> None:
     """Tune function trainable: search, match, materialise, train from scratch, report and checkpoint every epoch."""
     from ray import tune
@@ -229,7 +244,15 @@ def run_trial(config: dict[str, Any]) -> None:
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
 
     try:
-        history = train(model, task.data, recipe, resume=resume, on_checkpoint=latest.append, on_epoch=report)
+        history = train(
+            model,
+            task.data,
+            recipe,
+            resume=resume,
+            on_checkpoint=latest.append,
+            on_epoch=report,
+            **distillation(config),
+        )
     except NonFiniteLossError as error:
         # a property of the configuration, not a transient fault: end the trial (no retry) and say why
         last = latest[-1].records[-1] if latest else None

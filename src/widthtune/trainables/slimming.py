@@ -171,7 +171,9 @@ def prune_to_cost(
     """The fewest removals (bisected) whose cost is at most `target`; removing channels never raises the cost.
 
     When the last removal overshoots by more than `tolerance` (one expensive channel), the best-scored
-    removed channels that still fit under the target are put back, one divisor step at a time.
+    removed channels that still fit under the target are put back, one divisor step at a time; if the cost is
+    still more than `tolerance` below, the closest single step up (or step up in one group and down in
+    another) within `tolerance` of the target is taken, even slightly above it.
     """
     sequence = pruning_sequence(space, scores)
 
@@ -193,7 +195,40 @@ def prune_to_cost(
     values = _widths_after(space, scores, sequence, high)
     if cost(high) < target * (1 - tolerance):
         values = _restore(space, scores, values, cost_model, target, convention)
+    if float(cost_model.cost(np.asarray(values, dtype=np.float64), convention)) < target * (1 - tolerance):
+        values = _closest_step(space, scores, values, cost_model, target, convention, tolerance)
     return _selection(space, scores, values, sequence[high - 1][2] if high > 0 else None)
+
+
+def _closest_step(
+    space: ChannelSpace,
+    scores: Mapping[str, Tensor],
+    values: list[int],
+    cost_model: CostModel,
+    target: float,
+    convention: str,
+    tolerance: float,
+) -> list[int]:
+    """When no channel fits under the target any more: one divisor step up (or up in one group and down in
+    another) that lands within `tolerance` of the target, the closest one; else the widths as they are."""
+    steps = [np.zeros(len(values))]
+    movable = [i for i, g in enumerate(space) if g.name in scores]
+    for i in movable:
+        up = np.zeros(len(values))
+        up[i] = space.groups[i].divisor
+        if values[i] + space.groups[i].divisor <= space.groups[i].base:
+            steps.append(up)
+            for j in movable:
+                if j != i and values[j] - space.groups[j].divisor >= smallest_width(space.groups[j]):
+                    swap = up.copy()
+                    swap[j] = -space.groups[j].divisor
+                    steps.append(swap)
+    trials = np.asarray(values, dtype=np.float64)[None] + np.stack(steps)
+    errors = np.abs(cost_model.cost(trials, convention) - target)
+    best = int(np.argmin(errors))
+    if errors[best] <= tolerance * target:
+        return [int(v) for v in trials[best]]
+    return values
 
 
 def _restore(
