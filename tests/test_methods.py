@@ -62,3 +62,21 @@ def test_unknown_method_lists_the_registered_ones():
     with pytest.raises(ValueError, match="uniform, random, direct"):
         get_method("magic")
     assert {"uniform", "random", "direct"} <= set(METHODS)
+
+
+def test_starting_weights_follow_the_retraining_mode(task):
+    from widthtune.trainables.adapter import FoundWidths, starting_weights
+
+    weights = {"w": 1}
+    kept = FoundWidths(find_widths(task, "uniform").widths, 0.0, 0.0, weights=weights)
+    generated = FoundWidths(kept.widths, 0.0, 0.0, weights=weights, init_from_weights=True)
+    none = FoundWidths(kept.widths, 0.0, 0.0)
+    assert starting_weights({"retrain.mode": "finetune"}, kept, "slimming") is weights
+    assert (
+        starting_weights({"retrain.mode": "scratch-e"}, kept, "slimming") is None
+    )  # kept weights: fine-tuning only
+    assert starting_weights({"retrain.mode": "scratch-b"}, generated, "lwdna") is weights  # init=hypernet
+    with pytest.raises(
+        ValueError, match=r"retrain\.mode: finetune needs inherited weights, and uniform kept none"
+    ):
+        starting_weights({"retrain.mode": "finetune"}, none, "uniform")
