@@ -73,6 +73,10 @@ def test_transfer_plan_runs_proxies_then_controls_on_the_target(tmp_path):
         ({"transfer": {"projections": [PROJECTION, PROJECTION]}}, "projections repeat"),
         ({"transfer": {"projections": [PROJECTION], "proxy_train": {"epochs": 0}}}, "train.epochs: 0"),
         ({"method": "uniform"}, "uniform does not optimise widths"),
+        (
+            {"data": {"name": "digits", "resolution": 16}},
+            "data.resolution: 16 differs from the model's resolution=8",
+        ),
         ({"kind": "compare"}, "only a kind: transfer experiment takes a transfer section"),
         ({"cost_target": {"ratio": {"grid": [0.3, 0.5]}}}, "cost_target.ratio: a transfer experiment fixes"),
     ],

@@ -439,6 +439,14 @@ def _check_transfer(config: ExperimentConfig, spec: Any) -> None:
                 f"methods: {entry.name} does not optimise widths, so there is nothing to transfer "
                 "(uniform is a control already); list width optimisers such as direct"
             )
+    from widthtune.models.registry import resolve_options
+
+    resolution = resolve_options(spec)["resolution"]
+    if config.data.get("resolution") not in (None, resolution):
+        raise ConfigError(
+            f"data.resolution: {config.data['resolution']!r} differs from the model's resolution={resolution}; "
+            "a transfer study prices widths and overhead at the model's resolution, so give both the same"
+        )
     for section in ("data", "cost_target"):
         _, domains = split_spaces(getattr(config, section) or {}, section)
         if domains:
