@@ -20,13 +20,7 @@ VGG = "vgg_cifar:depth=11,width=0.25"
 MOBILENET = "mobilenet_v2:width=0.25"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: one thread avoids OpenMP spin-waits when the two cores are shared."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -2,10 +2,8 @@
 distilled from a widened teacher trained earlier in the same experiment."""
 
 import json
-import os
 
 import pytest
-import ray
 
 from widthtune.models.cost import CostModel
 from widthtune.platform.config import ConfigError, validate_config
@@ -16,11 +14,7 @@ SPEC = "resnet_cifar:depth=8"
 LWDNA = {"name": "lwdna", "beta": 2.0, "m": 4}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("local_ray")
 
 
 def lwdna_config(tmp_path, **fields):

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-import ray
 import yaml
 from mlflow.tracking import MlflowClient
 
@@ -23,11 +22,7 @@ SPEC = "resnet_cifar:depth=8"
 DATA = {"name": "digits", "resolution": 8, "fraction": 0.3}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("local_ray")
 
 
 def experiment_config(tmp_path, **fields):

@@ -2,10 +2,8 @@
 against a guided control at the same cost, and the report's chapter tables."""
 
 import json
-import os
 
 import pytest
-import ray
 
 from widthtune.models.cost import CostModel
 from widthtune.platform.config import ConfigError, validate_config
@@ -16,11 +14,7 @@ SPEC = "vgg_cifar:depth=11,width=0.25"
 SLIMMING = {"lam": 0.01, "ratio": 0.5, "sparsity_epochs": 1}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("local_ray")
 
 
 def rethinking_config(tmp_path, **fields):

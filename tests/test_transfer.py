@@ -1,9 +1,6 @@
 """A tiny transfer study end to end (real Ray, MLflow, torch): proxies, controls, transferred trials, links."""
 
-import os
-
 import pytest
-import ray
 from mlflow.tracking import MlflowClient
 
 from widthtune.models.cost import CostModel
@@ -19,11 +16,7 @@ TARGET = "resnet_cifar:depth=14,resolution=8"
 PROJECTION = {"width": 0.5, "depth": 0.5, "data_fraction": 0.5}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("local_ray")
 
 
 def transfer_config(tmp_path, **fields):

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from widthtune.analysis.plots import accuracy_cost_plot, width_profile_plot
-from widthtune.analysis.selection import mean_std, select
+from widthtune.analysis.selection import mean_std, select, spent
 from widthtune.analysis.transfer_report import TRANSFER_HEADER, transfer_cells, transfer_section
 from widthtune.platform.store import read_trials
 
@@ -108,7 +108,7 @@ def comparison(rows: list[dict[str, Any]]) -> list[ComparisonRow]:
     for (label, target), seeds in by_seed(rows).items():
         members = [t for trials in seeds.values() for t in trials]
         chosen = [c for c in (select(v) for v in seeds.values()) if c is not None]
-        cost = [sum((t["search_flops"] or 0) + (t["train_flops"] or 0) for t in v) for v in seeds.values()]
+        cost = [spent(v)[0] for v in seeds.values()]
         test_mean, test_std = mean_std([c["final_test_acc"] for c in chosen])
         table.append(
             ComparisonRow(

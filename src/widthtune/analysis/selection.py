@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import statistics
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 
@@ -24,3 +24,10 @@ def select(trials: list[dict[str, Any]]) -> dict[str, Any] | None:
         if scored:
             return max(scored, key=lambda t: (t["final_val_acc"], -(t["macs"] or 0)))
     return None
+
+
+def spent(trials: Iterable[dict[str, Any]]) -> tuple[float, float]:
+    """What a method spent on some trials: FLOPs (search + training) and wall seconds."""
+    trials = list(trials)
+    flops = sum((t["search_flops"] or 0.0) + (t["train_flops"] or 0.0) for t in trials)
+    return flops, sum(t["wall_seconds"] or 0.0 for t in trials)

@@ -22,7 +22,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from widthtune.analysis.plots import save_figure, width_profile_plot
-from widthtune.analysis.selection import mean_std, select
+from widthtune.analysis.selection import mean_std, select, spent
 
 
 @dataclass(frozen=True)
@@ -68,13 +68,11 @@ def _chosen(rows: list[dict[str, Any]], role: str) -> dict[tuple[str, int], dict
 
 
 def _spent(rows: list[dict[str, Any]], role: str) -> dict[tuple[str, int], tuple[float, float]]:
-    totals: dict[tuple[str, int], list[float]] = defaultdict(lambda: [0.0, 0.0])
+    cells: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         if row["role"] == role:
-            cell = totals[(row["label"], int(row["seed"]))]
-            cell[0] += (row["search_flops"] or 0.0) + (row["train_flops"] or 0.0)
-            cell[1] += row["wall_seconds"] or 0.0
-    return {k: (v[0], v[1]) for k, v in totals.items()}
+            cells[(row["label"], int(row["seed"]))].append(row)
+    return {key: spent(trials) for key, trials in cells.items()}
 
 
 def transfer_rows(rows: list[dict[str, Any]]) -> list[TransferRow]:
@@ -87,7 +85,7 @@ def transfer_rows(rows: list[dict[str, Any]]) -> list[TransferRow]:
     for label in labels:
         controls = [c for (lab, _), c in sorted(direct.items()) if lab == label]
         if controls:
-            spent = [direct_spent[(label, int(c["seed"]))] for c in controls]
+            used = [direct_spent[(label, int(c["seed"]))] for c in controls]
             acc = mean_std([c["final_test_acc"] for c in controls])
             out.append(
                 TransferRow(
@@ -98,8 +96,8 @@ def transfer_rows(rows: list[dict[str, Any]]) -> list[TransferRow]:
                     *acc,
                     0.0,
                     0.0,
-                    statistics.fmean(s[0] for s in spent),
-                    statistics.fmean(s[1] for s in spent),
+                    statistics.fmean(s[0] for s in used),
+                    statistics.fmean(s[1] for s in used),
                     1.0,
                 )
             )

@@ -15,7 +15,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from widthtune.analysis.selection import select
+from widthtune.analysis.selection import select, spent
 from widthtune.models.cost import CostModel
 from widthtune.models.registry import canonical_spec, channel_space, resolve_options
 from widthtune.models.widths import Widths
@@ -109,13 +109,6 @@ def _cells(
     return cells
 
 
-def spent(trials: Iterable[dict[str, Any]]) -> tuple[float, float]:
-    """What a width optimisation measured: FLOPs (search + every trial's training) and wall seconds."""
-    trials = list(trials)
-    flops = sum((t["search_flops"] or 0.0) + (t["train_flops"] or 0.0) for t in trials)
-    return flops, sum(t["wall_seconds"] or 0.0 for t in trials)
-
-
 def transfer_points(
     config: ExperimentConfig, rows: list[dict[str, Any]]
 ) -> tuple[dict[str, list[dict[str, Any]]], list[str]]:
@@ -127,8 +120,10 @@ def transfer_points(
     proxies = _cells(rows, PROXY)
     points: dict[str, list[dict[str, Any]]] = defaultdict(list)
     skipped: list[str] = []
+    resolution, epochs = target_resolution(config), epoch_ratio(config)
     for label in config.labels():
         for projection in config.transfer.plan():
+            formula = projection.overhead_ratio(resolution, epochs)
             for seed in config.seeds:
                 trials = proxies.get((label, projection.label, seed), [])
                 chosen = select(trials)
@@ -156,9 +151,7 @@ def transfer_points(
                             "transfer.source_run_id": chosen["mlflow_run_id"],
                             "transfer.proxy_model": chosen["model"],
                             "transfer.multiplier": matched.multiplier,
-                            "transfer.overhead_ratio": projection.overhead_ratio(
-                                target_resolution(config), epoch_ratio(config)
-                            ),
+                            "transfer.overhead_ratio": formula,
                             "transfer.overhead_flops": flops,
                             "transfer.overhead_seconds": seconds,
                         }

@@ -25,7 +25,7 @@ from widthtune.search_spaces.cost_target import CostTarget, resolve_cost_target
 from widthtune.search_spaces.domains import unflatten
 from widthtune.trainables.methods import get_method
 from widthtune.trainables.retraining import retrain_recipe
-from widthtune.trainables.task import Task
+from widthtune.trainables.task import TRAIN_FLOPS_PER_MAC_PER_IMAGE, Task
 from widthtune.trainables.teacher import load_teacher
 from widthtune.training.datasets import DataSpec, load_dataset
 from widthtune.training.distill import DistillConfig
@@ -33,8 +33,6 @@ from widthtune.training.loop import EpochRecord, NonFiniteLossError, TrainConfig
 
 STATE_FILE = "trial_state.pt"
 WIDTHS_FILE = "widths.json"
-# forward + backward = 3 x forward; a forward pass is 2 FLOPs per MAC
-TRAIN_FLOPS_PER_MAC_PER_IMAGE = 6
 # what an errored trial reports as its loss, so schedulers and searchers rank it last
 ERRORED_LOSS = 1e30
 # a trial's bundle of keys that must vary together (a transfer study's seed, widths and provenance)

@@ -31,11 +31,10 @@ from widthtune.models.registry import materialize
 from widthtune.models.space import ChannelSpace
 from widthtune.models.widths import Widths, round_width
 from widthtune.trainables.retraining import rescale_recipe
-from widthtune.trainables.task import Method, SearchResult, Task
+from widthtune.trainables.task import TRAIN_FLOPS_PER_MAC_PER_IMAGE, Method, SearchResult, Task
 from widthtune.training.loop import train
 
 DEFAULTS: dict[str, Any] = {"ratio": 0.5, "pretrain_epochs": 5}
-TRAIN_FLOPS_PER_MAC_PER_IMAGE = 6  # forward + backward = 3 forwards of 2 FLOPs per MAC
 
 
 def filter_norms(

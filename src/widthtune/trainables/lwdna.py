@@ -28,7 +28,7 @@ from widthtune.models.cost import CostModel
 from widthtune.models.hypernet import Hypernet, reparameterize, shrink
 from widthtune.models.space import ChannelSpace
 from widthtune.models.widths import Widths, smallest_width
-from widthtune.trainables.task import Method, SearchResult, Task
+from widthtune.trainables.task import TRAIN_FLOPS_PER_MAC_PER_IMAGE, Method, SearchResult, Task
 from widthtune.training.datasets import DatasetSplits
 from widthtune.training.loop import resolve_device
 
@@ -46,7 +46,6 @@ FLOOR_REFERENCES = ("base", "widened")
 INITS = ("random", "hypernet")
 DEFAULT_TARGET_FRACTION = 0.5  # of the base cost, when the task gives no cost target
 # forward + backward = 3 x forward; a forward pass is 2 FLOPs per MAC
-SCORING_FLOPS_PER_MAC_PER_IMAGE = 6
 # a refinement move: one divisor step of a group against up to this many steps of another (or of itself)
 MAX_STEPS = 8
 
@@ -246,7 +245,7 @@ def search(task: Task) -> SearchResult:
         "kept": kept,
         "ratios": widths.ratio_to_base(),
     }
-    search_flops = SCORING_FLOPS_PER_MAC_PER_IMAGE * widened_macs * batch * int(params["batches"])
+    search_flops = TRAIN_FLOPS_PER_MAC_PER_IMAGE * widened_macs * batch * int(params["batches"])
     return SearchResult(
         widths,
         search_flops=search_flops,

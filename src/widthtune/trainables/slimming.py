@@ -40,7 +40,7 @@ from widthtune.models.space import ChannelSpace
 from widthtune.models.spec import ModelSpec
 from widthtune.models.widths import Widths, round_width, smallest_width
 from widthtune.trainables.retraining import rescale_recipe
-from widthtune.trainables.task import Method, SearchResult, Task
+from widthtune.trainables.task import TRAIN_FLOPS_PER_MAC_PER_IMAGE, Method, SearchResult, Task
 from widthtune.training.loop import train
 
 DEFAULTS: dict[str, Any] = {
@@ -51,7 +51,6 @@ DEFAULTS: dict[str, Any] = {
     "prune": "auto",  # auto: ratio if one is given, else the cost target, else the default ratio
 }
 PRUNE_MODES = ("auto", "ratio", "cost")
-TRAIN_FLOPS_PER_MAC_PER_IMAGE = 6  # forward + backward = 3 forwards of 2 FLOPs per MAC
 COST_TOLERANCE = 0.005
 SMALL_GAMMA = 1e-2  # info reports the share of gammas below this, a direct read-out of the sparsity
 BN = nn.modules.batchnorm._BatchNorm

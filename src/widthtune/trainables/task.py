@@ -13,6 +13,9 @@ from widthtune.models.widths import Widths
 from widthtune.training.datasets import DatasetSplits
 from widthtune.training.loop import TrainConfig
 
+# forward + backward = 3 x forward; a forward pass is 2 FLOPs per MAC
+TRAIN_FLOPS_PER_MAC_PER_IMAGE = 6
+
 
 @dataclass(frozen=True)
 class Task:
