@@ -211,19 +211,21 @@ def _cifar(
     return _Raw(train_x, train_y, test_x, test_y, num_classes, 32)
 
 
+# dataset -> (folder, training files..., test file)
+CIFAR_FILES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "cifar10": ("cifar-10-batches-py", (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch")),
+    "cifar100": ("cifar-100-python", ("train", "test")),
+}
+
+
 def _cifar10(spec: DataSpec) -> _Raw:
-    return _cifar(
-        spec,
-        "cifar-10-batches-py",
-        tuple(f"data_batch_{i}" for i in range(1, 6)),
-        "test_batch",
-        b"labels",
-        10,
-    )
+    folder, files = CIFAR_FILES["cifar10"]
+    return _cifar(spec, folder, files[:-1], files[-1], b"labels", 10)
 
 
 def _cifar100(spec: DataSpec) -> _Raw:
-    return _cifar(spec, "cifar-100-python", ("train",), "test", b"fine_labels", 100)
+    folder, files = CIFAR_FILES["cifar100"]
+    return _cifar(spec, folder, files[:-1], files[-1], b"fine_labels", 100)
 
 
 def _imagefolder(spec: DataSpec) -> _Raw:
@@ -277,6 +279,32 @@ LOADERS: dict[str, Callable[[DataSpec], _Raw]] = {
     "synthetic": _synthetic,
 }
 DATASET_NAMES: tuple[str, ...] = tuple(LOADERS)
+
+
+def check_dataset(spec: DataSpec) -> None:
+    """What is on disk can be read, checked before any experiment starts (nothing is loaded)."""
+    if spec.name in ("cifar10", "cifar100"):
+        folder, files = CIFAR_FILES[spec.name]
+        root = _need_root(spec, f"{folder}/")
+        base = root if (root / files[-1]).is_file() else root / folder
+        missing = [name for name in files if not (base / name).is_file()]
+        if missing:
+            raise DatasetNotFoundError(
+                f"data.root: {str(root)!r} does not hold {spec.name} ({folder}/ with {', '.join(files)}); "
+                f"missing {', '.join(missing)}"
+            )
+    elif spec.name == "imagefolder":
+        root = _need_root(spec, "train/<class>/ and val/<class>/")
+        for name in ("train", "val|test"):
+            folder = next((root / n for n in name.split("|") if (root / n).is_dir()), None)
+            classes = [p for p in folder.iterdir() if p.is_dir()] if folder else []
+            if len(classes) < 2 or not any(
+                f.suffix.lower() in IMAGE_SUFFIXES for c in classes for f in c.iterdir()
+            ):
+                raise DatasetNotFoundError(
+                    f"data.root: {str(root)!r} needs {name.replace('|', ' or ')}/<class>/ folders (at least 2) "
+                    f"holding images ({', '.join(IMAGE_SUFFIXES)})"
+                )
 
 
 def _prepare(images: Tensor, resolution: int, channels: int) -> Tensor:
