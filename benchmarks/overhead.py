@@ -203,7 +203,7 @@ def train_trial(depth: int, epochs: int, index: int) -> TrialTiming:
     """Run the experiment through the platform in a temporary directory; time it and read Tune's figures."""
     from widthtune.platform.config import validate_config
     from widthtune.platform.runner import run_experiment
-    from widthtune.platform.store import read_trials
+    from widthtune.results.store import read_trials
 
     quiet_logs()
     with tempfile.TemporaryDirectory(prefix="widthtune-overhead-") as storage:

@@ -7,7 +7,7 @@ import sys
 import pytest
 import yaml
 
-from widthtune.platform.store import read_trials
+from widthtune.results.store import read_trials
 
 
 @pytest.mark.slow

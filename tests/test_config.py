@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from widthtune.platform.config import ConfigError, apply_overrides, load_config, validate_config
-from widthtune.platform.studies import plan_studies
+from widthtune.platform.planning import plan_studies
+from widthtune.training.datasets import CIFAR_FILES
 
 BASE = {
     "name": "t",
@@ -161,4 +162,8 @@ def test_shipped_configs_validate(path, tmp_path):
         "imagefolder",
     )
     overrides = [f"data.root={tmp_path}"] if on_disk else []  # the user's dataset folder
+    for folder, files in CIFAR_FILES.values():  # what check_dataset looks for (it reads nothing)
+        (tmp_path / folder).mkdir()
+        for name in files:
+            (tmp_path / folder / name).touch()
     assert plan_studies(load_config(path, overrides))

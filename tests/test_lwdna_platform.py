@@ -8,7 +8,7 @@ import pytest
 from widthtune.models.cost import CostModel
 from widthtune.platform.config import ConfigError, validate_config
 from widthtune.platform.runner import run_experiment
-from widthtune.platform.store import read_epochs, read_trials
+from widthtune.results.store import read_epochs, read_trials
 
 SPEC = "resnet_cifar:depth=8"
 LWDNA = {"name": "lwdna", "beta": 2.0, "m": 4}

@@ -5,7 +5,7 @@ import pytest
 from widthtune.models.cost import CostModel
 from widthtune.models.registry import canonical_spec
 from widthtune.trainables.adapter import find_widths
-from widthtune.trainables.methods import METHODS, get_method
+from widthtune.trainables.registry import get_method, registered
 from widthtune.trainables.task import Task
 from widthtune.training import DataSpec, TrainConfig, load_dataset
 
@@ -61,22 +61,23 @@ def test_direct_decodes_the_sampled_vector(task):
 def test_unknown_method_lists_the_registered_ones():
     with pytest.raises(ValueError, match="uniform, random, direct"):
         get_method("magic")
-    assert {"uniform", "random", "direct"} <= set(METHODS)
+    assert {"uniform", "random", "direct"} <= set(registered())
 
 
 def test_starting_weights_follow_the_retraining_mode(task):
     from widthtune.trainables.adapter import FoundWidths, starting_weights
+    from widthtune.trainables.retraining import Retraining
 
     weights = {"w": 1}
     kept = FoundWidths(find_widths(task, "uniform").widths, 0.0, 0.0, weights=weights)
     generated = FoundWidths(kept.widths, 0.0, 0.0, weights=weights, init_from_weights=True)
     none = FoundWidths(kept.widths, 0.0, 0.0)
-    assert starting_weights({"retrain.mode": "finetune"}, kept, "slimming") is weights
+    assert starting_weights(Retraining("finetune"), kept, "slimming") is weights
     assert (
-        starting_weights({"retrain.mode": "scratch-e"}, kept, "slimming") is None
+        starting_weights(Retraining("scratch-e"), kept, "slimming") is None
     )  # kept weights: fine-tuning only
-    assert starting_weights({"retrain.mode": "scratch-b"}, generated, "lwdna") is weights  # init=hypernet
+    assert starting_weights(Retraining("scratch-b"), generated, "lwdna") is weights  # init=hypernet
     with pytest.raises(
         ValueError, match=r"retrain\.mode: finetune needs inherited weights, and uniform kept none"
     ):
-        starting_weights({"retrain.mode": "finetune"}, none, "uniform")
+        starting_weights(Retraining("finetune"), none, "uniform")

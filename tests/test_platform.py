@@ -16,7 +16,7 @@ from widthtune.cli import main
 from widthtune.models.cost import CostModel
 from widthtune.platform.config import validate_config
 from widthtune.platform.runner import read_state, run_experiment
-from widthtune.platform.store import read_epochs, read_trials
+from widthtune.results.store import read_epochs, read_trials
 
 SPEC = "resnet_cifar:depth=8"
 DATA = {"name": "digits", "resolution": 8, "fraction": 0.3}

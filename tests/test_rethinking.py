@@ -8,7 +8,7 @@ import pytest
 from widthtune.models.cost import CostModel
 from widthtune.platform.config import ConfigError, validate_config
 from widthtune.platform.runner import run_experiment
-from widthtune.platform.store import read_epochs, read_trials
+from widthtune.results.store import read_epochs, read_trials
 
 SPEC = "vgg_cifar:depth=11,width=0.25"
 SLIMMING = {"lam": 0.01, "ratio": 0.5, "sparsity_epochs": 1}

@@ -1,4 +1,4 @@
-"""A tiny transfer study end to end (real Ray, MLflow, torch): proxies, controls, transferred trials, links."""
+"""A tiny transfer study end to end (real Ray, MLflow, torch): proxies, baselines, transferred trials, links."""
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -8,8 +8,8 @@ from widthtune.models.registry import channel_space
 from widthtune.models.widths import Widths
 from widthtune.platform.config import ConfigError, validate_config
 from widthtune.platform.runner import execute, read_state, run_experiment
-from widthtune.platform.store import read_trials
 from widthtune.platform.transfer import plan_transfer
+from widthtune.results.store import read_trials
 from widthtune.search_spaces.projections import Projection, transfer_widths
 
 TARGET = "resnet_cifar:depth=14,resolution=8"
@@ -35,14 +35,15 @@ def transfer_config(tmp_path, **fields):
     }
 
 
-def test_transfer_plan_runs_proxies_then_controls_on_the_target(tmp_path):
+def test_transfer_plan_runs_proxies_then_baselines_then_transfers_on_the_target(tmp_path):
     config = validate_config(transfer_config(tmp_path, transfer={"grid": {"width": [0.25, 0.5]}}))
     studies = plan_transfer(config)
     assert [s.key for s in studies] == [
         "direct-proxy-w0.25",
         "direct-proxy-w0.5",
         "direct-direct",
-        "uniform-control",
+        "uniform-baseline",
+        "direct-transfer",
     ]
     proxy = studies[0].constants
     assert proxy["role"] == "proxy" and "width=0.25" in proxy["model"]
@@ -89,9 +90,9 @@ def test_tiny_transfer_study_links_every_target_trial_to_its_proxy(tmp_path):
     directory = run_experiment(validate_config(transfer_config(tmp_path)), say=lambda line: None)
     rows = read_trials(directory / "results")
     by_role = {
-        role: [r for r in rows if r["role"] == role] for role in ("proxy", "direct", "uniform", "target")
+        role: [r for r in rows if r["role"] == role] for role in ("proxy", "direct", "baseline", "target")
     }
-    assert {k: len(v) for k, v in by_role.items()} == {"proxy": 2, "direct": 2, "uniform": 1, "target": 1}
+    assert {k: len(v) for k, v in by_role.items()} == {"proxy": 2, "direct": 2, "baseline": 1, "target": 1}
     assert all(r["status"] == "completed" for r in rows)
     (target,) = by_role["target"]
     proxies = {r["trial_key"]: r for r in by_role["proxy"]}

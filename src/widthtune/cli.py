@@ -131,6 +131,23 @@ def models() -> None:
 
 
 @app.command()
+def methods() -> None:
+    """List the methods, what each does, and its hyperparameters with their defaults.
+
+    Example: widthtune methods
+    """
+    from rich.markup import escape
+
+    from widthtune.trainables.registry import registered
+
+    table = Table("method", "what", "hyperparameters (defaults)")
+    for method in registered().values():
+        settings = ", ".join(f"{k}={v}" for k, v in method.defaults.items())
+        table.add_row(method.name, escape(method.summary), escape(settings))
+    Console().print(table)
+
+
+@app.command()
 def spec(spec: SpecArgument) -> None:
     """Print a spec with every default written out (what artifacts record)."""
     print(canonical_spec(spec))
@@ -146,7 +163,7 @@ OverrideOption = Annotated[
 
 def _print_table(directory: Path) -> None:
     from widthtune.analysis.report import HEADER, comparison, table_cells
-    from widthtune.platform.store import read_trials
+    from widthtune.results.store import read_trials
 
     table = Table(*HEADER)
     for row in comparison(read_trials(directory / "results")):
@@ -200,13 +217,13 @@ def list_experiments(
     storage: Annotated[Path, typer.Argument(help="a storage folder holding experiments")] = Path("runs"),
 ) -> None:
     """List the experiments in a storage folder: kind, studies done, trials stored by status."""
-    from widthtune.platform.runner import STATE_FILE, read_state
-    from widthtune.platform.store import read_trials
+    from widthtune.platform.runner import EXPERIMENT_FILE, read_state
+    from widthtune.results.store import read_trials
 
     if not storage.is_dir():
         raise InputError(f"storage folder {str(storage)!r} does not exist")
     table = Table("experiment", "kind", "studies done", "trials", "completed", "stopped", "errored", "path")
-    for path in sorted(p.parent for p in storage.glob(f"*/{STATE_FILE}")):
+    for path in sorted(p.parent for p in storage.glob(f"*/{EXPERIMENT_FILE}")):
         state = read_state(path)
         rows = read_trials(path / "results")
         statuses = [r["status"] for r in rows]

@@ -11,12 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from widthtune.analysis.plots import accuracy_cost_plot, width_profile_plot
-from widthtune.analysis.selection import mean_std, select, spent
 from widthtune.analysis.transfer_report import TRANSFER_HEADER, transfer_cells, transfer_section
-from widthtune.platform.store import read_trials
-
-# roles of a transfer study's trials that are not controls on the target
-TRANSFER_ROLES = ("proxy", "target")
+from widthtune.results.roles import ARTIFACT, NOT_COMPARED, PROXY, TARGET, TRIAL
+from widthtune.results.selection import mean_std, select, spent
+from widthtune.results.store import read_trials
 
 
 @dataclass(frozen=True)
@@ -61,7 +59,7 @@ def rethinking_table(rows: list[dict[str, Any]]) -> tuple[tuple[str, ...], list[
         lambda: defaultdict(lambda: defaultdict(list))
     )
     for row in rows:
-        if row["role"] in TRANSFER_ROLES:
+        if row["role"] in NOT_COMPARED:
             continue
         key = (row["label"] or row["method"], row["cost_target_label"] or "-")
         cells[key][row.get("retrain") or "scratch-e"][row["seed"]].append(row)
@@ -101,10 +99,11 @@ def width_pattern_table(rows: list[dict[str, Any]]) -> tuple[tuple[str, ...], li
 def comparison(rows: list[dict[str, Any]]) -> list[ComparisonRow]:
     """Group by (label, cost target), pick one trial per seed, then average over seeds.
 
-    A transfer study's proxy and transferred trials are left to its transfer table: here only the target's controls.
+    A transfer study's proxy and transferred trials are left to its transfer table: here only the target's
+    baselines (and never the training of a shared artifact).
     """
     table = []
-    rows = [r for r in rows if r["role"] not in TRANSFER_ROLES]
+    rows = [r for r in rows if r["role"] not in NOT_COMPARED]
     for (label, target), seeds in by_seed(rows).items():
         members = [t for trials in seeds.values() for t in trials]
         chosen = [c for c in (select(v) for v in seeds.values()) if c is not None]
@@ -214,18 +213,18 @@ def write_report(directory: Path) -> tuple[Path, Path]:
     directory = Path(directory).expanduser().resolve()
     rows = read_trials(directory / "results")
     out = directory / "report"
-    transfer = any(r["role"] in TRANSFER_ROLES for r in rows)
-    target_side = [r for r in rows if r["role"] not in TRANSFER_ROLES]
+    transfer = any(r["role"] in (PROXY, TARGET) for r in rows)
+    target_side = [r for r in rows if r["role"] not in NOT_COMPARED]
     table = comparison(target_side)
     points: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for row in rows:
         if (
-            row["role"] != "proxy"
+            row["role"] not in (PROXY, ARTIFACT)
             and row["status"] != "errored"
             and row["macs"]
             and row["final_test_acc"] is not None
         ):
-            name = row["label"] if row["role"] in ("trial", None) else f"{row['label']} ({row['role']})"
+            name = row["label"] if row["role"] in (TRIAL, None) else f"{row['label']} ({row['role']})"
             points[name].append((row["macs"], row["final_test_acc"]))
     figures = []
     if points:

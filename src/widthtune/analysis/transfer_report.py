@@ -22,7 +22,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from widthtune.analysis.plots import save_figure, width_profile_plot
-from widthtune.analysis.selection import mean_std, select, spent
+from widthtune.results.roles import BASELINE, DIRECT, TARGET
+from widthtune.results.selection import mean_std, select, spent
 
 
 @dataclass(frozen=True)
@@ -77,10 +78,10 @@ def _spent(rows: list[dict[str, Any]], role: str) -> dict[tuple[str, int], tuple
 
 def transfer_rows(rows: list[dict[str, Any]]) -> list[TransferRow]:
     """Per method: direct control, each transferred point, and the uniform control, over seeds."""
-    direct = _chosen(rows, "direct")
-    uniform = _chosen(rows, "uniform")
-    direct_spent = _spent(rows, "direct")
-    labels = sorted({r["label"] for r in rows if r["role"] in ("target", "direct")})
+    direct = _chosen(rows, DIRECT)
+    uniform = _chosen(rows, BASELINE)
+    direct_spent = _spent(rows, DIRECT)
+    labels = sorted({r["label"] for r in rows if r["role"] in (TARGET, DIRECT)})
     out: list[TransferRow] = []
     for label in labels:
         controls = [c for (lab, _), c in sorted(direct.items()) if lab == label]
@@ -103,7 +104,7 @@ def transfer_rows(rows: list[dict[str, Any]]) -> list[TransferRow]:
             )
         points: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
         for row in rows:
-            if row["role"] == "target" and row["label"] == label and row["status"] != "errored":
+            if row["role"] == TARGET and row["label"] == label and row["status"] != "errored":
                 points[(row["projection"], row["extrapolation"])].append(row)
         for (projection, rule), trials in sorted(points.items()):
             measured, similarity = [], []
@@ -185,11 +186,11 @@ def transfer_cells(row: TransferRow) -> tuple[str, ...]:
 
 def group_similarity(rows: list[dict[str, Any]]) -> tuple[list[str], dict[str, list[float]]]:
     """Per group, 1 - |transferred - direct| / max(both) of the width/base ratios, mean over seeds, per point."""
-    direct = _chosen(rows, "direct")
+    direct = _chosen(rows, DIRECT)
     names: list[str] = []
     columns: dict[str, list[list[float]]] = defaultdict(list)
     for row in rows:
-        control = direct.get((row["label"], int(row["seed"]))) if row["role"] == "target" else None
+        control = direct.get((row["label"], int(row["seed"]))) if row["role"] == TARGET else None
         if control is None or not row["widths"] or not control["widths"] or row["status"] == "errored":
             continue
         names = row["group_names"]
@@ -261,12 +262,12 @@ def transfer_section(
         )
     names, similarity = group_similarity(rows)
     profiles: dict[str, list[float]] = {}
-    handed_in = {id(c) for c in _chosen(rows, "direct").values()}
-    for role, name in (("direct", "direct"), ("target", None)):
+    handed_in = {id(c) for c in _chosen(rows, DIRECT).values()}
+    for role, name in ((DIRECT, "direct"), (TARGET, None)):
         cells: dict[str, list[list[float]]] = defaultdict(list)
         for row in rows:
             if row["role"] == role and row["widths"] and row["status"] != "errored":
-                if role == "direct" and id(row) not in handed_in:
+                if role == DIRECT and id(row) not in handed_in:
                     continue
                 key = f"{row['label']} {name or row['projection'] + ' ' + row['extrapolation']}"
                 cells[key].append(_ratios(row))

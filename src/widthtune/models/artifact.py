@@ -15,6 +15,8 @@ from widthtune.models.spec import ModelSpec, parse_spec
 from widthtune.models.widths import Widths, WidthsError
 
 FORMAT = "widthtune.widths"
+# the file name of a width vector saved beside whatever it describes (a trial, an export, a trained model)
+WIDTHS_FILE = "widths.json"
 VERSION = 1
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from widthtune.models.artifact import WidthsArtifact
+from widthtune.models.artifact import WIDTHS_FILE, WidthsArtifact
 from widthtune.models.registry import input_shape, materialize
 
 FORMATS = ("torchscript", "onnx")
@@ -29,7 +29,7 @@ def export_model(artifact: WidthsArtifact, format: str, out: str | Path, *, seed
         warnings.simplefilter("ignore")
         if format == "torchscript":
             traced = torch.jit.trace(model, example)
-            torch.jit.save(traced, str(out), _extra_files={"widths.json": metadata})
+            torch.jit.save(traced, str(out), _extra_files={WIDTHS_FILE: metadata})
         else:
             with contextlib.redirect_stdout(io.StringIO()):
                 program = torch.onnx.export(

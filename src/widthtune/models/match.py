@@ -10,6 +10,8 @@ import numpy as np
 from widthtune.models.cost import CostModel
 from widthtune.models.widths import Widths, smallest_width
 
+# how close to a cost target a matched width vector must be (relative), everywhere a target is matched
+COST_TOLERANCE = 0.005
 # relative multiplier offsets tried when rounding around the bisected multiplier misses the tolerance
 NEIGHBOUR_STEPS = tuple(sign * k / 100 for k in range(1, 31) for sign in (1, -1))
 
@@ -39,7 +41,7 @@ def match_cost(
     cost_model: CostModel,
     *,
     convention: str = "macs",
-    tolerance: float = 0.005,
+    tolerance: float = COST_TOLERANCE,
     max_multiplier: float = 64.0,
 ) -> CostMatch:
     """Scale `shape` by one multiplier (rounded to each group's divisor) until its cost is `target` +- tolerance."""

@@ -11,11 +11,11 @@ from typing import Any
 from ray import tune
 
 from widthtune.analysis.plots import width_profile_plot
-from widthtune.models.artifact import make_artifact
+from widthtune.models.artifact import WIDTHS_FILE, make_artifact
 from widthtune.models.registry import channel_space
-from widthtune.platform.store import EpochJournal, write_trial
 from widthtune.platform.tracking import Tracking, TrialRuns
-from widthtune.trainables.adapter import expand_point
+from widthtune.results.store import EpochJournal, write_trial
+from widthtune.trainables.trial import expand_bundle
 
 # transfer provenance: flat config key -> trial row column (also an MLflow tag, widthtune.<key>)
 TRANSFER_COLUMNS = {
@@ -68,6 +68,14 @@ def error_reason(trial: Any) -> str:
     return "error"
 
 
+def logged_params(config: dict[str, Any]) -> dict[str, Any]:
+    """A trial's params for MLflow: a searched width vector is a direction (`direction.*`) until it is matched;
+    the trained widths are logged as `widths.*` when the trial ends."""
+    return {
+        (f"direction.{k[len('widths.') :]}" if k.startswith("widths.") else k): v for k, v in config.items()
+    }
+
+
 class TrialRecorder(tune.Callback):
     """Journals each result, logs it to the trial's MLflow child run, and stores the trial when it ends.
 
@@ -118,8 +126,10 @@ class TrialRecorder(tune.Callback):
 
     def _run(self, trial: Any) -> str:
         key = trial_key(self.study, trial.trial_id)
-        config = expand_point(trial.config)
-        return self.runs.run_for(key, f"{self.study}/{trial.trial_id}", self._tags(config), config)
+        config = expand_bundle(trial.config)
+        return self.runs.run_for(
+            key, f"{self.study}/{trial.trial_id}", self._tags(config), logged_params(config)
+        )
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         """Journal and log one epoch."""
@@ -143,7 +153,7 @@ class TrialRecorder(tune.Callback):
 
     def _store(self, trial: Any, error: str | None) -> None:
         key = trial_key(self.study, trial.trial_id)
-        config = expand_point(trial.config)
+        config = expand_bundle(trial.config)
         last = trial.last_result or {}
         epochs = EpochJournal(self.results_root).read(key)
         run_id = self._run(trial)
@@ -218,7 +228,7 @@ class TrialRecorder(tune.Callback):
                 method=str(config.get("method")),
                 provenance={"trial_key": key, "study": self.study, "seed": config.get("seed")},
             )
-            artifacts.append(artifact.save(folder / "widths.json"))
+            artifacts.append(artifact.save(folder / WIDTHS_FILE))
             ratios = [w / b for w, b in zip(row["widths"], row["base_widths"], strict=True)]
             artifacts.append(
                 width_profile_plot(
@@ -233,4 +243,8 @@ class TrialRecorder(tune.Callback):
         outcome = {"widthtune.status": status}
         if error:
             outcome["widthtune.error"] = error
-        self.runs.finish(key, status, outcome, artifacts)
+        trained = {
+            f"widths.{n}": w
+            for n, w in zip(row.get("group_names") or [], row.get("widths") or [], strict=True)
+        }
+        self.runs.finish(key, status, outcome, artifacts, params=trained)

@@ -18,18 +18,20 @@ from typing import Any
 import yaml
 
 from widthtune.analysis.report import write_report
+from widthtune.platform.artifacts import ArtifactFailed, Built, artifact_dir, artifact_kind
 from widthtune.platform.config import ConfigError, ExperimentConfig, validate_config
 from widthtune.platform.interruption import ExperimentInterrupted
+from widthtune.platform.planning import plan_studies
 from widthtune.platform.progress import ProgressLine
 from widthtune.platform.recorder import TrialRecorder
-from widthtune.platform.store import read_trials
-from widthtune.platform.studies import Study, make_scheduler, make_searcher, plan_studies
-from widthtune.platform.tracking import Tracking, open_parent_run, sqlite_uri
-from widthtune.platform.transfer import target_studies, transfer_points
+from widthtune.platform.studies import Study, make_scheduler, make_searcher
+from widthtune.platform.tracking import Tracking, TrialRuns, open_parent_run, source_tags, sqlite_uri
+from widthtune.results.roles import ARTIFACT
+from widthtune.results.store import write_artifact, write_trial
 from widthtune.trainables.adapter import run_trial
-from widthtune.trainables.teacher import teacher_from_trials
+from widthtune.trainables.artifacts import ArtifactRecipe
 
-STATE_FILE = "experiment.json"
+EXPERIMENT_FILE = "experiment.json"
 FORMAT = "widthtune.experiment"
 
 
@@ -83,9 +85,11 @@ def start_ray(config: ExperimentConfig) -> None:
 
 def read_state(directory: Path) -> dict[str, Any]:
     """The experiment's saved state."""
-    path = Path(directory).expanduser().resolve() / STATE_FILE
+    path = Path(directory).expanduser().resolve() / EXPERIMENT_FILE
     if not path.is_file():
-        raise ConfigError(f"{str(directory)!r} is not a widthtune experiment directory (no {STATE_FILE})")
+        raise ConfigError(
+            f"{str(directory)!r} is not a widthtune experiment directory (no {EXPERIMENT_FILE})"
+        )
     state = json.loads(path.read_text())
     if state.get("format") != FORMAT:
         raise ConfigError(f"{str(path)!r} is not a widthtune experiment state file")
@@ -93,9 +97,9 @@ def read_state(directory: Path) -> dict[str, Any]:
 
 
 def _write_state(directory: Path, state: dict[str, Any]) -> None:
-    partial = directory / (STATE_FILE + ".partial")
+    partial = directory / (EXPERIMENT_FILE + ".partial")
     partial.write_text(json.dumps(state, indent=2) + "\n")
-    os.replace(partial, directory / STATE_FILE)
+    os.replace(partial, directory / EXPERIMENT_FILE)
 
 
 def trial_dirname(trial: Any) -> str:
@@ -133,7 +137,7 @@ def _tuner(study: Study, config: ExperimentConfig, directory: Path, state: dict[
             search_alg=searcher,
             scheduler=make_scheduler(study, config),
             num_samples=study.num_samples,
-            reuse_actors=False,
+            reuse_actors=config.reuse_actors,
             trial_dirname_creator=trial_dirname,
         ),
         run_config=tune.RunConfig(
@@ -151,7 +155,7 @@ def _tuner(study: Study, config: ExperimentConfig, directory: Path, state: dict[
 def create_experiment(config: ExperimentConfig) -> Path:
     """Make the experiment directory, the MLflow experiment and parent run, and the saved state; start nothing."""
     directory = experiment_dir(config)
-    if (directory / STATE_FILE).exists():
+    if (directory / EXPERIMENT_FILE).exists():
         raise ExperimentExistsError(
             f"name: experiment {config.name!r} already exists in {directory}; "
             f"continue it with `widthtune resume {directory}` or choose another name (--set name=...)"
@@ -164,11 +168,8 @@ def create_experiment(config: ExperimentConfig) -> Path:
         config.name,
         directory / "mlartifacts",
         run_name=f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}",
-        tags={
-            "widthtune.kind": config.kind,
-            "widthtune.config_hash": config.digest(),
-            "widthtune.dir": str(directory),
-        },
+        tags={"widthtune.kind": config.kind, "widthtune.dir": str(directory)},
+        source=source_tags(config.digest()),
     )
     studies = plan_studies(config)
     state = {
@@ -183,9 +184,11 @@ def create_experiment(config: ExperimentConfig) -> Path:
             "uri": tracking.uri,
             "experiment_id": tracking.experiment_id,
             "parent_run_id": tracking.parent_run_id,
+            "source": dict(tracking.source),
         },
         "tune_storage": tune_storage(config, directory),
         "studies": {s.key: "pending" for s in studies},
+        "artifacts": {},
     }
     _write_state(directory, state)
     return directory
@@ -207,32 +210,115 @@ def _run_study(
     _write_state(directory, state)
 
 
-def _with_teacher(study: Study, config: ExperimentConfig, directory: Path) -> Study:
-    """A study distilling from an earlier method of this experiment, pointed at that method's best trial."""
-    teacher = study.constants.get("distill.teacher")
-    if teacher not in config.labels():
-        return study
-    try:
-        keys = teacher_from_trials(teacher, read_trials(directory / "results"))
-    except ValueError as error:
-        raise ConfigError(f"methods[{study.label}].{error}") from None
-    return dataclasses.replace(study, constants={**study.constants, **keys})
-
-
-def _transfer_phase(
-    config: ExperimentConfig, directory: Path, state: dict[str, Any], say: Callable[[str], None]
-) -> list[Study]:
-    """The target studies of a transfer experiment, from its proxies' results (computed once, then read back)."""
-    if "transfer" not in state:
-        points, skipped = transfer_points(config, read_trials(directory / "results"))
-        state["transfer"] = {"points": points, "skipped": skipped}
-        for line in skipped:
-            say(f"transfer: skipped {line}")
-    studies = target_studies(config, state["transfer"]["points"])
-    for study in studies:
-        state["studies"].setdefault(study.key, "pending")
+def _record_artifact(
+    recipe: ArtifactRecipe, record: dict[str, Any], directory: Path, state: dict[str, Any]
+) -> None:
+    """The artifact's record in the state, the results store and MLflow (a child run, found again on resume)."""
+    state.setdefault("artifacts", {})[recipe.key] = record
     _write_state(directory, state)
-    return studies
+    runs = TrialRuns(Tracking(**state["tracking"]))
+    key = f"artifact__{recipe.key}"
+    run_id = runs.run_for(
+        key,
+        key,
+        {
+            "widthtune.role": ARTIFACT,
+            "widthtune.artifact": recipe.key,
+            "widthtune.artifact.kind": recipe.kind,
+        },
+        {"kind": recipe.kind, "seed": recipe.seed, **{f"recipe.{k}": v for k, v in recipe.recipe.items()}},
+    )
+    status = "completed" if record["status"] == "done" else "errored"
+    runs.finish(key, status, {"widthtune.status": status}, [])
+    write_artifact(
+        directory / "results",
+        {
+            "artifact_key": recipe.key,
+            "kind": recipe.kind,
+            "seed": recipe.seed,
+            "recipe_json": json.dumps(recipe.as_dict()["recipe"], sort_keys=True),
+            "status": record["status"],
+            "path": record.get("built", {}).get("path"),
+            "value_json": json.dumps(record.get("built"), sort_keys=True, default=str),
+            "reason": record.get("reason"),
+            "wall_seconds": record.get("seconds"),
+            "trial_key": record.get("trial_key"),
+            "mlflow_run_id": run_id,
+            "finished_at": time.time(),
+        },
+    )
+
+
+def _artifact(
+    recipe: ArtifactRecipe,
+    key: str,
+    config: ExperimentConfig,
+    directory: Path,
+    state: dict[str, Any],
+    say: Callable[[str], None],
+) -> Built:
+    """The artifact, built now unless an earlier run (or an earlier study) finished it."""
+    saved = state.get("artifacts", {}).get(recipe.key)
+    if saved is not None and saved["status"] == "done":
+        return Built.from_dict(saved["built"])
+    if saved is not None:
+        raise ArtifactFailed(saved["reason"])
+    kind, folder, started = artifact_kind(recipe), artifact_dir(directory, recipe), time.time()
+    say(f"artifact {recipe.key}: {kind.summary}")
+    record: dict[str, Any] = {"recipe": recipe.as_dict()}
+    try:
+        if kind.study is not None:
+            study = kind.study(recipe, folder, config)
+            state["studies"].setdefault(study.key, "pending")
+            if state["studies"][study.key] != "done":
+                _run_study(study, config, directory, state, say)
+            record["trial_key"] = study.key
+        built = kind.collect(recipe, key, folder, config, directory)
+    except ArtifactFailed as error:
+        record.update(status="failed", reason=str(error), seconds=time.time() - started)
+        _record_artifact(recipe, record, directory, state)
+        raise
+    for note in built.notes:
+        say(note)
+    record.update(status="done", built=built.as_dict(), seconds=time.time() - started)
+    _record_artifact(recipe, record, directory, state)
+    return built
+
+
+def _fail_study(study: Study, reason: str, directory: Path, state: dict[str, Any]) -> None:
+    """A study whose artifact failed: one errored row that says why; nothing else is touched."""
+    write_trial(
+        directory / "results",
+        {
+            "trial_key": f"{study.key}__unstarted",
+            "study": study.key,
+            "method": study.method,
+            "label": study.label,
+            "role": study.constants.get("role"),
+            "model": study.model,
+            "seed": study.seed,
+            "status": "errored",
+            "error": reason,
+            "finished_at": time.time(),
+        },
+        [],
+    )
+    state["studies"][study.key] = "failed"
+    _write_state(directory, state)
+
+
+def _prepared(
+    study: Study, config: ExperimentConfig, directory: Path, state: dict[str, Any], say: Callable[[str], None]
+) -> Study | None:
+    """The study with its artifacts handed to it; None when one failed (its trials fail with the reason)."""
+    for key, recipe in study.needs.items():
+        try:
+            study = _artifact(recipe, key, config, directory, state, say).bind(key, study)
+        except ArtifactFailed as error:
+            say(f"study {study.key}: not run, {error}")
+            _fail_study(study, str(error), directory, state)
+            return None
+    return dataclasses.replace(study, needs={})
 
 
 def execute(directory: Path, say: Callable[[str], None] = print) -> dict[str, Any]:
@@ -243,13 +329,17 @@ def execute(directory: Path, say: Callable[[str], None] = print) -> dict[str, An
     start_ray(config)
     tracking = Tracking(**state["tracking"])
     tracking.client().update_run(tracking.parent_run_id, status="RUNNING")
-    for study in plan_studies(config):
-        if state["studies"].get(study.key) != "done":
-            _run_study(_with_teacher(study, config, directory), config, directory, state, say)
-    if config.kind == "transfer":
-        for study in _transfer_phase(config, directory, state, say):
-            if state["studies"].get(study.key) != "done":
-                _run_study(study, config, directory, state, say)
+    for planned in plan_studies(config):
+        if state["studies"].get(planned.key, "pending") in ("done", "failed"):
+            continue
+        study = _prepared(planned, config, directory, state, say)
+        if study is None:
+            continue
+        if any(d.kind == "grid" and not d.values for d in study.domains.values()):
+            state["studies"][study.key] = "done"  # nothing to run (e.g. no transfer points)
+            _write_state(directory, state)
+            continue
+        _run_study(study, config, directory, state, say)
     md, page = write_report(directory)
     client = tracking.client()
     client.log_artifact(tracking.parent_run_id, str(md))

@@ -10,6 +10,7 @@ import dataclasses
 import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from widthtune.models.cost import CostModel
@@ -18,7 +19,8 @@ from widthtune.platform.config import OBJECTIVES, ExperimentConfig, MethodEntry,
 from widthtune.search_spaces.cost_target import resolve_cost_target
 from widthtune.search_spaces.domains import Domain, is_space, parse_domain, split_spaces, unflatten
 from widthtune.search_spaces.width_space import WidthSpace, constrain
-from widthtune.trainables.methods import get_method
+from widthtune.trainables.artifacts import ARTIFACT_PREFIX, ArtifactContext, ArtifactRecipe, trained_model
+from widthtune.trainables.registry import get_method
 from widthtune.training.loop import TrainConfig
 
 
@@ -38,6 +40,8 @@ class Study:
     domains: Mapping[str, Domain]
     width_space: WidthSpace | None = None
     enumerated: Mapping[str, Any] = field(default_factory=dict)
+    # shared artifacts built before the study runs: flat config key -> recipe (the key receives the artifact)
+    needs: Mapping[str, ArtifactRecipe] = field(default_factory=dict)
 
     def param_space(self) -> dict[str, Any]:
         """The Tune param space (variant generator): constants, sampled domains, grids as grid_search."""
@@ -72,6 +76,7 @@ class OptunaSpace:
 
 
 def flat_constants(config: ExperimentConfig) -> tuple[dict[str, Any], dict[str, Domain]]:
+    """The experiment-wide part of every trial's flat config: fixed values, and the spaces to search."""
     constants: dict[str, Any] = {
         "experiment": config.name,
         "model": str(canonical_spec(config.model)),
@@ -87,17 +92,49 @@ def flat_constants(config: ExperimentConfig) -> tuple[dict[str, Any], dict[str, 
     return constants, domains
 
 
-def plan_studies(config: ExperimentConfig) -> list[Study]:
-    """Every study of the experiment that its config alone determines, in run order."""
-    if config.kind == "transfer":
-        from widthtune.platform.transfer import plan_transfer
-
-        return plan_transfer(config)
+def plan_methods(config: ExperimentConfig) -> list[Study]:
+    """A sweep's or a compare's studies: each method entry's, in the config's order."""
     base_constants, base_domains = flat_constants(config)
     studies: list[Study] = []
     for entry, label in zip(config.entries, config.labels(), strict=True):
         studies.extend(studies_for(config, entry, label, base_constants, base_domains))
     return studies
+
+
+def artifact_context(constants: Mapping[str, Any], seed: int) -> ArtifactContext:
+    """What an artifact recipe may depend on, from a study's fixed values (spaces are not part of a recipe)."""
+    return ArtifactContext(
+        model=str(constants["model"]),
+        data={k[len("data.") :]: v for k, v in constants.items() if k.startswith("data.")},
+        train={k[len("train.") :]: v for k, v in constants.items() if k.startswith("train.")},
+        seed=seed,
+    )
+
+
+def teacher(
+    config: ExperimentConfig, entry: MethodEntry, constants: Mapping[str, Any]
+) -> tuple[dict[str, Any], dict[str, ArtifactRecipe]]:
+    """A distilling entry's loss settings, and its teacher: a path, or an artifact (an earlier label's best
+    trial, or a model trained once from a recipe with the experiment's first seed unless it names one)."""
+    distill = entry.distill
+    settings = {"distill.alpha": distill.alpha, "distill.temperature": distill.temperature}
+    source = distill.teacher
+    if isinstance(source, Mapping):
+        recipe = dict(source)
+        seed = int(recipe.pop("seed", config.seeds[0]))
+        need = trained_model(artifact_context(constants, seed), **recipe)
+        return settings, {"distill.teacher": need}
+    if source in config.labels():
+        return settings, {"distill.teacher": ArtifactRecipe("best-trial", {"label": source})}
+    return {**settings, "distill.teacher": str(Path(source).expanduser().resolve())}, {}
+
+
+def method_needs(
+    entry: MethodEntry, params: Mapping[str, Any], constants: Mapping[str, Any], seed: int
+) -> dict[str, ArtifactRecipe]:
+    """The shared artifacts a method declares for one seed, by the flat key each trial finds its path under."""
+    declared = get_method(entry.name).artifacts(params, artifact_context(constants, seed))
+    return {f"{ARTIFACT_PREFIX}{name}": recipe for name, recipe in declared.items()}
 
 
 def studies_for(
@@ -120,8 +157,11 @@ def studies_for(
         } | own_constants
         base_domains = {k: v for k, v in base_domains.items() if not k.startswith("retrain.")} | own_domains
     constants = {**base_constants, **hyper_constants, "method": entry.name, "label": label}
+    needs: dict[str, ArtifactRecipe] = {}
     if entry.distill is not None:
-        constants.update({f"distill.{k}": v for k, v in entry.distill.model_dump().items()})
+        settings, needs = teacher(config, entry, constants)
+        constants.update(settings)
+    params = {k[len("method.") :]: v for k, v in hyper_constants.items()}
     domains = {**base_domains, **hyper_domains}
     search = entry.search or config.search
     scheduler = entry.scheduler or config.scheduler
@@ -129,7 +169,7 @@ def studies_for(
     if method.width_space is not None:
         width_space = method.width_space(
             CostModel.from_spec(model).space,
-            {k[len("method.") :]: v for k, v in hyper_constants.items()},
+            params,
         )
     if scheduler.name == "pbt":  # PBT mutates keys that must already be in every trial's config
         defaults = {f"train.{f.name}": f.default for f in dataclasses.fields(TrainConfig)}
@@ -147,6 +187,24 @@ def studies_for(
         "width_space": width_space,
         "model": model,
     }
+    per_seed = {seed: {**needs, **method_needs(entry, params, constants, seed)} for seed in config.seeds}
+    if (
+        search.name != "optuna"
+        and len({tuple(sorted((k, r.key) for k, r in n.items())) for n in per_seed.values()}) > 1
+    ):
+        # each seed needs its own artifacts: one study per seed, so each can be handed its own
+        return [
+            study
+            for seed in config.seeds
+            for study in studies_for(
+                config.model_copy(update={"seeds": [seed]}),
+                entry,
+                label,
+                base_constants,
+                base_domains,
+                key=f"{key}-s{seed}",
+            )
+        ]
     if search.name != "optuna":
         seeds = config.seeds
         grid_seed = {"seed": Domain("grid", tuple(seeds))} if len(seeds) > 1 else {}
@@ -155,7 +213,14 @@ def studies_for(
             domains = {k: Domain("grid", d.values) if d.kind == "choice" else d for k, d in domains.items()}
         constants = {**constants, **fixed_seed, "study": key}
         return [
-            Study(key=key, seed=seeds[0], constants=constants, domains={**domains, **grid_seed}, **common)
+            Study(
+                key=key,
+                seed=seeds[0],
+                constants=constants,
+                domains={**domains, **grid_seed},
+                needs=per_seed[seeds[0]],
+                **common,
+            )
         ]
     grids = {k: d for k, d in domains.items() if d.kind == "grid"}
     loose = {k: d for k, d in domains.items() if d.kind != "grid"}
@@ -166,7 +231,15 @@ def studies_for(
             name = f"{key}-s{seed}" + "".join(f"-{k.split('.')[-1]}={v}" for k, v in picked.items())
             fixed = {**constants, **picked, "seed": seed, "study": name}
             studies.append(
-                Study(key=name, seed=seed, constants=fixed, domains=loose, enumerated=picked, **common)
+                Study(
+                    key=name,
+                    seed=seed,
+                    constants=fixed,
+                    domains=loose,
+                    enumerated=picked,
+                    needs=per_seed[seed],
+                    **common,
+                )
             )
     return studies
 

@@ -6,8 +6,11 @@ default store is sqlite inside the experiment directory, created by the driver b
 
 from __future__ import annotations
 
+import contextlib
+import getpass
+import subprocess
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,9 @@ from mlflow.tracking import MlflowClient
 PARENT_TAG = "mlflow.parentRunId"
 TRIAL_KEY_TAG = "widthtune.trial_key"
 MAX_PARAM_LENGTH = 500
+# the MLflow UI opens a classic ML experiment on its runs table (not the GenAI overview)
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+CLASSIC_ML = "custom_model_development"
 
 
 @dataclass(frozen=True)
@@ -26,6 +32,8 @@ class Tracking:
     uri: str
     experiment_id: str
     parent_run_id: str
+    # tags every run carries: where the code came from and who ran it
+    source: Mapping[str, str] = field(default_factory=dict)
 
     def client(self) -> MlflowClient:
         """A client for this store (cheap; made where it is used, never global)."""
@@ -37,6 +45,35 @@ def sqlite_uri(directory: Path) -> str:
     return f"sqlite:///{(directory / 'mlflow.db').resolve()}"
 
 
+def quoted(value: str) -> str:
+    """A value for an MLflow filter string, quoted so that no value can change the filter."""
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    raise ValueError(f"{value!r} has both quote characters and cannot be searched for in MLflow")
+
+
+def source_tags(config_hash: str) -> dict[str, str]:
+    """Who ran what: the git commit of widthtune's source tree (when it is a checkout), the user, the config."""
+    tags = {"mlflow.source.name": "widthtune", "widthtune.config_hash": config_hash}
+    with contextlib.suppress(KeyError, OSError):
+        tags["mlflow.user"] = getpass.getuser()
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        if commit.returncode == 0 and commit.stdout.strip():
+            tags["mlflow.source.git.commit"] = commit.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return tags
+
+
 def ui_command(uri: str) -> str:
     """The exact command that opens the MLflow UI on this store."""
     if uri.startswith("sqlite:"):
@@ -45,18 +82,30 @@ def ui_command(uri: str) -> str:
 
 
 def open_parent_run(
-    uri: str, experiment_name: str, artifact_root: Path, run_name: str, tags: Mapping[str, str]
+    uri: str,
+    experiment_name: str,
+    artifact_root: Path,
+    run_name: str,
+    tags: Mapping[str, str],
+    source: Mapping[str, str] | None = None,
 ) -> Tracking:
-    """Create (or reuse) the MLflow experiment and start the parent run of this widthtune experiment."""
+    """Create (or reuse) the MLflow experiment (a classic ML one) and start this widthtune experiment's parent run."""
     client = MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name(experiment_name)
     if experiment is None:
         location = artifact_root.resolve().as_uri() if uri.startswith("sqlite:") else None
-        experiment_id = client.create_experiment(experiment_name, artifact_location=location)
+        experiment_id = client.create_experiment(
+            experiment_name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: CLASSIC_ML}
+        )
     else:
         experiment_id = experiment.experiment_id
-    run = client.create_run(experiment_id, run_name=run_name, tags={"widthtune.role": "experiment", **tags})
-    return Tracking(uri, experiment_id, run.info.run_id)
+        if EXPERIMENT_KIND_TAG not in experiment.tags:
+            client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, CLASSIC_ML)
+    source = dict(source or {})
+    run = client.create_run(
+        experiment_id, run_name=run_name, tags={"widthtune.role": "experiment", **source, **tags}
+    )
+    return Tracking(uri, experiment_id, run.info.run_id, source)
 
 
 def _param_value(value: Any) -> str:
@@ -78,7 +127,9 @@ class TrialRuns:
         if key in self.run_ids:
             return self.run_ids[key]
         found = self.client.search_runs(
-            [self.tracking.experiment_id], filter_string=f"tags.`{TRIAL_KEY_TAG}` = '{key}'", max_results=1
+            [self.tracking.experiment_id],
+            filter_string=f"tags.`{TRIAL_KEY_TAG}` = {quoted(key)}",
+            max_results=1,
         )
         if found:
             run_id = found[0].info.run_id
@@ -88,7 +139,12 @@ class TrialRuns:
             run = self.client.create_run(
                 self.tracking.experiment_id,
                 run_name=name,
-                tags={PARENT_TAG: self.tracking.parent_run_id, TRIAL_KEY_TAG: key, **tags},
+                tags={
+                    PARENT_TAG: self.tracking.parent_run_id,
+                    TRIAL_KEY_TAG: key,
+                    **self.tracking.source,
+                    **tags,
+                },
             )
             run_id = run.info.run_id
             items = [Param(k, _param_value(v)) for k, v in sorted(params.items()) if v is not None]
@@ -106,11 +162,27 @@ class TrialRuns:
         self.client.log_batch(self.run_ids[key], metrics=items)
         self.logged_epoch[key] = epoch
 
-    def finish(self, key: str, status: str, tags: Mapping[str, str], artifacts: list[Path]) -> None:
-        """Tag the outcome, attach artifacts, close the run (FINISHED, KILLED when stopped early, FAILED)."""
+    def finish(
+        self,
+        key: str,
+        status: str,
+        tags: Mapping[str, str],
+        artifacts: list[Path],
+        params: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Tag the outcome, log what was trained, attach artifacts, close the run.
+
+        A trial a scheduler stopped ended normally: FINISHED, with `widthtune.status=stopped`; only an error is
+        FAILED. Params logged here (the trained widths) are those not logged at the run's start.
+        """
         run_id = self.run_ids[key]
         self.client.log_batch(run_id, tags=[RunTag(k, _param_value(v)) for k, v in tags.items()])
+        if params:
+            logged = set(self.client.get_run(run_id).data.params)
+            items = [Param(k, _param_value(v)) for k, v in sorted(params.items()) if k not in logged]
+            for start in range(0, len(items), 100):
+                self.client.log_batch(run_id, params=items[start : start + 100])
         for path in artifacts:
             self.client.log_artifact(run_id, str(path))
-        mlflow_status = {"completed": "FINISHED", "stopped": "KILLED"}.get(status, "FAILED")
+        mlflow_status = "FAILED" if status == "errored" else "FINISHED"
         self.client.set_terminated(run_id, status=mlflow_status)

@@ -1,12 +1,12 @@
 """The `transfer` experiment: optimise widths on proxies, extrapolate them, train them on the target.
 
-Phase one (its studies follow from the config): every method on every projection's proxy (role `proxy`),
-and the controls on the target — each method optimised directly (`direct`) and the uniform baseline at the
-same cost (`uniform`). Phase two (its studies follow from phase one's results): for each method, projection,
-extrapolation rule and seed, the proxy trial the method hands in (best validation accuracy) is extrapolated,
-matched to the target's cost and trained from scratch on the target (role `target`), with its source trial,
-projection, rule and overhead (formula and measured) carried in its config. The points are saved in the
-experiment's state once, so a resumed experiment never recomputes them.
+Phase one: every method on every projection's proxy (role `proxy`), and the baselines on the target — each
+method optimised directly (role `direct`) and the uniform model at the same cost (role `baseline`). Phase two:
+per method, one study on the target whose grid is a shared artifact (`transfer-points`), computed once from
+phase one's results: for each projection, extrapolation rule and seed, the proxy trial the method hands in
+(best validation accuracy) extrapolated, matched to the target's cost and trained from scratch (role
+`target`), with its source trial, projection, rule and overhead (formula and measured) in its config. A
+finished artifact is never recomputed, so a resumed experiment trains exactly the same points.
 """
 
 from __future__ import annotations
@@ -15,19 +15,21 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from widthtune.analysis.selection import select, spent
 from widthtune.models.cost import CostModel
 from widthtune.models.registry import canonical_spec, channel_space, resolve_options
 from widthtune.models.widths import Widths
 from widthtune.platform.config import ExperimentConfig, MethodEntry
 from widthtune.platform.studies import Study, flat_constants, studies_for
+from widthtune.results.roles import BASELINE, DIRECT, PROXY, TARGET
+from widthtune.results.selection import select, spent
 from widthtune.search_spaces.cost_target import resolve_cost_target
-from widthtune.search_spaces.domains import Domain
 from widthtune.search_spaces.projections import Projection, transfer_widths
-from widthtune.trainables.adapter import POINT_KEY
+from widthtune.trainables.artifacts import ArtifactRecipe
+from widthtune.trainables.trial import BUNDLE_KEY
 from widthtune.training.loop import TrainConfig
 
-PROXY, TARGET, DIRECT, UNIFORM = "proxy", "target", "direct", "uniform"
+# the artifact kind that holds one method's transfer points
+POINTS = "transfer-points"
 
 
 def proxy_key(label: str, projection: Projection) -> str:
@@ -79,24 +81,24 @@ def _proxy_constants(
 
 
 def plan_transfer(config: ExperimentConfig) -> list[Study]:
-    """Phase one: every method on every proxy, then the direct and uniform controls on the target."""
+    """Every method on every proxy, the direct and uniform baselines on the target, then the transfers."""
     base, domains = flat_constants(config)
     studies: list[Study] = []
     for entry, label in zip(config.entries, config.labels(), strict=True):
         for projection in config.transfer.plan():
             constants = _proxy_constants(config, base, projection)
             studies += studies_for(config, entry, label, constants, domains, key=proxy_key(label, projection))
-    controls = config.transfer.controls
-    if DIRECT in controls:
+    baselines = config.transfer.baselines
+    if "direct" in baselines:
         for entry, label in zip(config.entries, config.labels(), strict=True):
             constants = {**base, "role": DIRECT}
             studies += studies_for(config, entry, label, constants, domains, key=f"{label}-direct")
-    if UNIFORM in controls:
-        constants = {**base, "role": UNIFORM}
+    if "uniform" in baselines:
+        constants = {**base, "role": BASELINE}
         studies += studies_for(
-            config, MethodEntry(name="uniform"), "uniform", constants, domains, "uniform-control"
+            config, MethodEntry(name="uniform"), "uniform", constants, domains, "uniform-baseline"
         )
-    return studies
+    return studies + target_studies(config)
 
 
 def _cells(
@@ -110,62 +112,59 @@ def _cells(
 
 
 def transfer_points(
-    config: ExperimentConfig, rows: list[dict[str, Any]]
-) -> tuple[dict[str, list[dict[str, Any]]], list[str]]:
-    """Phase two's trials per method label (extrapolated, cost-matched widths with their provenance), and the skips."""
+    config: ExperimentConfig, label: str, rows: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """One method's phase-two trials (extrapolated, cost-matched widths with their provenance), and the skips."""
     cost_model = CostModel.from_spec(config.model)
     target = resolve_cost_target(config.cost_target, cost_model)
     value = target.value if target else cost_model.base().macs
     convention = target.convention if target else "macs"
     proxies = _cells(rows, PROXY)
-    points: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    points: list[dict[str, Any]] = []
     skipped: list[str] = []
     resolution, epochs = target_resolution(config), epoch_ratio(config)
-    for label in config.labels():
-        for projection in config.transfer.plan():
-            formula = projection.overhead_ratio(resolution, epochs)
-            for seed in config.seeds:
-                trials = proxies.get((label, projection.label, seed), [])
-                chosen = select(trials)
-                if chosen is None or not chosen["widths"]:
-                    skipped.append(
-                        f"{label} on {projection.label}, seed {seed}: no completed proxy trial "
-                        f"({len(trials)} stored)"
-                    )
-                    continue
-                proxy_space = channel_space(chosen["model"])
-                widths = Widths.from_mapping(
-                    proxy_space, dict(zip(chosen["group_names"], chosen["widths"], strict=True))
+    for projection in config.transfer.plan():
+        formula = projection.overhead_ratio(resolution, epochs)
+        for seed in config.seeds:
+            trials = proxies.get((label, projection.label, seed), [])
+            chosen = select(trials)
+            if chosen is None or not chosen["widths"]:
+                skipped.append(
+                    f"{label} on {projection.label}, seed {seed}: no completed proxy trial "
+                    f"({len(trials)} stored)"
                 )
-                flops, seconds = spent(trials)
-                for rule in config.transfer.extrapolation:
-                    matched = transfer_widths(widths, cost_model, value, rule=rule, convention=convention)
-                    points[label].append(
-                        {
-                            "seed": seed,
-                            "role": TARGET,
-                            "method.widths": matched.widths.as_dict(),
-                            "transfer.projection": projection.label,
-                            "transfer.extrapolation": rule,
-                            "transfer.source_trial": chosen["trial_key"],
-                            "transfer.source_run_id": chosen["mlflow_run_id"],
-                            "transfer.proxy_model": chosen["model"],
-                            "transfer.multiplier": matched.multiplier,
-                            "transfer.overhead_ratio": formula,
-                            "transfer.overhead_flops": flops,
-                            "transfer.overhead_seconds": seconds,
-                        }
-                    )
-    return dict(points), skipped
+                continue
+            proxy_space = channel_space(chosen["model"])
+            widths = Widths.from_mapping(
+                proxy_space, dict(zip(chosen["group_names"], chosen["widths"], strict=True))
+            )
+            flops, seconds = spent(trials)
+            for rule in config.transfer.extrapolation:
+                matched = transfer_widths(widths, cost_model, value, rule=rule, convention=convention)
+                points.append(
+                    {
+                        "seed": seed,
+                        "role": TARGET,
+                        "method.widths": matched.widths.as_dict(),
+                        "transfer.projection": projection.label,
+                        "transfer.extrapolation": rule,
+                        "transfer.source_trial": chosen["trial_key"],
+                        "transfer.source_run_id": chosen["mlflow_run_id"],
+                        "transfer.proxy_model": chosen["model"],
+                        "transfer.multiplier": matched.multiplier,
+                        "transfer.overhead_ratio": formula,
+                        "transfer.overhead_flops": flops,
+                        "transfer.overhead_seconds": seconds,
+                    }
+                )
+    return points, skipped
 
 
-def target_studies(config: ExperimentConfig, points: Mapping[str, list[dict[str, Any]]]) -> list[Study]:
-    """Phase two: per method, one study whose grid is its transferred width vectors (each with its own seed)."""
+def target_studies(config: ExperimentConfig) -> list[Study]:
+    """Phase two: per method, one study on the target whose grid is its transfer points (each with its seed)."""
     base, _ = flat_constants(config)
     studies = []
     for entry, label in zip(config.entries, config.labels(), strict=True):
-        if not points.get(label):
-            continue
         search = entry.search or config.search
         constants = {**base, "method": "given", "label": label, "role": TARGET, "study": f"{label}-transfer"}
         studies.append(
@@ -179,7 +178,8 @@ def target_studies(config: ExperimentConfig, points: Mapping[str, list[dict[str,
                 num_samples=1,
                 seed=config.seeds[0],
                 constants=constants,
-                domains={POINT_KEY: Domain("grid", tuple(points[label]))},
+                domains={},
+                needs={BUNDLE_KEY: ArtifactRecipe(POINTS, {"label": label})},
             )
         )
     return studies

@@ -7,6 +7,7 @@ PBT-exploited trial resumes where it stopped instead of searching again.
 
 from __future__ import annotations
 
+import functools
 import tempfile
 import time
 from collections.abc import Mapping
@@ -16,34 +17,24 @@ from typing import Any
 
 import torch
 
-from widthtune.models.artifact import make_artifact
+from widthtune.models.artifact import WIDTHS_FILE, WidthsArtifact, make_artifact
 from widthtune.models.cost import CostModel
-from widthtune.models.match import match_cost
-from widthtune.models.registry import canonical_spec, materialize
+from widthtune.models.match import COST_TOLERANCE, match_cost
+from widthtune.models.registry import materialize
+from widthtune.models.spec import ModelSpec
 from widthtune.models.widths import Widths
 from widthtune.search_spaces.cost_target import CostTarget, resolve_cost_target
-from widthtune.search_spaces.domains import unflatten
-from widthtune.trainables.methods import get_method
-from widthtune.trainables.retraining import retrain_recipe
+from widthtune.trainables.artifacts import MODEL_FILE
+from widthtune.trainables.registry import get_method
+from widthtune.trainables.retraining import Retraining
 from widthtune.trainables.task import TRAIN_FLOPS_PER_MAC_PER_IMAGE, Task
 from widthtune.trainables.teacher import load_teacher
-from widthtune.training.datasets import DataSpec, load_dataset
-from widthtune.training.distill import DistillConfig
-from widthtune.training.loop import EpochRecord, NonFiniteLossError, TrainConfig, TrainState, train
+from widthtune.trainables.trial import CHECKPOINT_FILE, Teacher, TrialSpec
+from widthtune.training.datasets import DatasetSplits, DataSpec, load_dataset
+from widthtune.training.loop import EpochRecord, NonFiniteLossError, TrainState, train
 
-STATE_FILE = "trial_state.pt"
-WIDTHS_FILE = "widths.json"
 # what an errored trial reports as its loss, so schedulers and searchers rank it last
 ERRORED_LOSS = 1e30
-# a trial's bundle of keys that must vary together (a transfer study's seed, widths and provenance)
-POINT_KEY = "transfer.point"
-
-
-def expand_point(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The flat trial config with its point's keys merged in (a grid can only vary one key per value)."""
-    point = config.get(POINT_KEY)
-    flat = {k: v for k, v in config.items() if k != POINT_KEY}
-    return {**flat, **point} if isinstance(point, Mapping) else flat
 
 
 @dataclass(frozen=True)
@@ -60,19 +51,6 @@ class FoundWidths:
     init_from_weights: bool = False
 
 
-def train_config(config: Mapping[str, Any]) -> TrainConfig:
-    """The trial's training recipe; the trial's seed is the training seed."""
-    values = unflatten(config, "train")
-    if "milestones" in values:
-        values["milestones"] = tuple(values["milestones"])
-    return TrainConfig(**{**values, "seed": int(config.get("seed", 0))})
-
-
-def data_spec(config: Mapping[str, Any]) -> DataSpec:
-    """The trial's data (its validation split is drawn with data.seed, fixed across training seeds)."""
-    return DataSpec(**unflatten(config, "data"))
-
-
 def find_widths(task: Task, method_name: str) -> FoundWidths:
     """Run the method's search, then scale its answer to the cost target unless it already meets it."""
     started = time.perf_counter()
@@ -80,7 +58,7 @@ def find_widths(task: Task, method_name: str) -> FoundWidths:
     widths, multiplier, weights = result.widths, 1.0, result.weights
     if result.match_target and task.cost_target is not None:
         current = task.cost_model.cost(widths, task.convention)
-        if abs(current - task.cost_target) > 0.005 * task.cost_target:
+        if abs(current - task.cost_target) > COST_TOLERANCE * task.cost_target:
             matched = match_cost(widths, task.cost_target, task.cost_model, convention=task.convention)
             widths, multiplier, weights = (
                 matched.widths,
@@ -98,32 +76,9 @@ def find_widths(task: Task, method_name: str) -> FoundWidths:
     )
 
 
-def retrain_mode(config: Mapping[str, Any]) -> str:
-    """How the found widths are retrained: scratch-e (default), scratch-b or finetune."""
-    return str(config.get("retrain.mode", "scratch-e"))
-
-
-def retraining(
-    config: Mapping[str, Any], recipe: TrainConfig, found: FoundWidths, cost_model: CostModel
-) -> TrainConfig:
-    """The recipe the found widths are trained with under the trial's retraining mode (Rethinking's budgets)."""
-    mode = retrain_mode(config)
-    if mode == "scratch-e":
-        return recipe
-    large = config.get("retrain.large_scale")
-    return retrain_recipe(
-        mode,
-        recipe,
-        float(cost_model.base().flops),
-        float(cost_model.evaluate(found.widths).flops),
-        large_scale=bool(large) if large is not None else config.get("data.name") == "imagefolder",
-        finetune_epochs=config.get("retrain.finetune_epochs"),
-    )
-
-
-def starting_weights(config: Mapping[str, Any], found: FoundWidths, method: str) -> Mapping[str, Any] | None:
+def starting_weights(retrain: Retraining, found: FoundWidths, method: str) -> Mapping[str, Any] | None:
     """The weights training starts from: the kept ones to fine-tune, generated ones when the method asks."""
-    if retrain_mode(config) == "finetune":
+    if retrain.mode == "finetune":
         if found.weights is None:
             raise ValueError(
                 f"retrain.mode: finetune needs inherited weights, and {method} kept none "
@@ -162,12 +117,12 @@ def _save_state(directory: Path, state: TrainState, found: FoundWidths) -> None:
             "train": asdict(state),
             "found": {**asdict(replace(found, weights=None)), "widths": found.widths.as_dict()},
         },
-        directory / STATE_FILE,
+        directory / CHECKPOINT_FILE,
     )
 
 
 def _load_state(directory: Path, task: Task) -> tuple[TrainState, FoundWidths]:
-    saved = torch.load(directory / STATE_FILE, weights_only=False)
+    saved = torch.load(directory / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
     train_state = saved["train"]
     train_state["records"] = tuple(EpochRecord(**r) for r in train_state["records"])
     found = dict(saved["found"])
@@ -175,41 +130,68 @@ def _load_state(directory: Path, task: Task) -> tuple[TrainState, FoundWidths]:
     return TrainState(**train_state), FoundWidths(**found)
 
 
-def distillation(config: Mapping[str, Any]) -> dict[str, Any]:
+def distillation(teacher: Teacher | None) -> dict[str, Any]:
     """`teacher` and `distill` for the training loop when the trial distils from a trained teacher."""
-    if not config.get("distill.teacher"):
+    if teacher is None:
         return {}
-    teacher = load_teacher(
-        config["distill.teacher"], config.get("distill.teacher_model"), config.get("distill.teacher_widths")
-    )
-    settings = DistillConfig(
-        float(config.get("distill.alpha", 0.4)), float(config.get("distill.temperature", 4.0))
-    )
-    return {"teacher": teacher, "distill": settings}
+    return {"teacher": load_teacher(teacher.path, teacher.model, teacher.widths), "distill": teacher.loss}
+
+
+def save_model(directory: Path, model: torch.nn.Module, artifact: WidthsArtifact) -> None:
+    """A trained model as an artifact others start from: plain tensors (`model.pt`) and its `widths.json`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    partial = directory / (MODEL_FILE + ".partial")
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, partial)
+    artifact.save(directory / WIDTHS_FILE)
+    partial.replace(directory / MODEL_FILE)
+
+
+@functools.lru_cache(maxsize=4)
+def _dataset(spec: DataSpec) -> DatasetSplits:
+    return load_dataset(spec)
+
+
+@functools.lru_cache(maxsize=8)
+def _cost_model(spec: ModelSpec) -> CostModel:
+    return CostModel.from_spec(spec)
+
+
+def worker_dataset(spec: DataSpec) -> DatasetSplits:
+    """The dataset, loaded once per worker process: a reused Ray worker serves many trials of one study."""
+    try:
+        return _dataset(spec)
+    except TypeError:  # an unhashable setting: load it fresh
+        return load_dataset(spec)
+
+
+def worker_cost_model(spec: ModelSpec) -> CostModel:
+    """The cost model, traced once per worker process (it depends on the spec alone)."""
+    try:
+        return _cost_model(spec)
+    except TypeError:
+        return CostModel.from_spec(spec)
 
 
 def run_trial(config: dict[str, Any]) -> None:
     """Tune function trainable: search, match, materialise, train from scratch, report and checkpoint every epoch."""
     from ray import tune
 
-    config = expand_point(config)
-    threads = config.get("resources.cpu")
-    if threads:
-        torch.set_num_threads(max(1, int(threads)))
-    spec = canonical_spec(config["model"])
-    cost_model = CostModel.from_spec(spec)
-    target = resolve_cost_target(unflatten(config, "cost_target"), cost_model)
-    recipe = train_config(config)
+    trial = TrialSpec.parse(config)
+    if trial.threads:
+        torch.set_num_threads(trial.threads)
+    cost_model = worker_cost_model(trial.model)
+    target = resolve_cost_target(trial.cost_target, cost_model)
     task = Task(
-        model=spec,
-        data=load_dataset(data_spec(config)),
-        train=recipe,
+        model=trial.model,
+        data=worker_dataset(trial.data),
+        train=trial.train,
         cost_model=cost_model,
         cost_target=target.value if target else None,
         convention=target.convention if target else "macs",
-        params=unflatten(config, "method"),
-        trial_params=config,
-        seed=recipe.seed,
+        params=trial.params,
+        trial_params=trial.flat,
+        seed=trial.seed,
+        artifacts=trial.artifacts,
     )
     resume: TrainState | None = None
     checkpoint = tune.get_checkpoint()
@@ -217,20 +199,26 @@ def run_trial(config: dict[str, Any]) -> None:
         with checkpoint.as_directory() as directory:
             resume, found = _load_state(Path(directory), task)
     else:
-        found = find_widths(task, config["method"])
-        artifact = make_artifact(
-            spec,
-            found.widths,
-            method=config["method"],
-            provenance={"trial": dict(config), "search": dict(found.info), "multiplier": found.multiplier},
-            cost_model=cost_model,
-        )
+        found = find_widths(task, trial.method)
+    artifact = make_artifact(
+        trial.model,
+        found.widths,
+        method=trial.method,
+        provenance={"trial": dict(trial.flat), "search": dict(found.info), "multiplier": found.multiplier},
+        cost_model=cost_model,
+    )
+    if resume is None:
         artifact.save(Path(tune.get_context().get_trial_dir()) / WIDTHS_FILE)
 
-    recipe = retraining(config, recipe, found, cost_model)
-    model = materialize(spec, found.widths, seed=recipe.seed)
+    recipe = trial.retrain.recipe(
+        trial.train,
+        float(cost_model.base().flops),
+        float(cost_model.evaluate(found.widths).flops),
+        trial.data.name,
+    )
+    model = materialize(trial.model, found.widths, seed=recipe.seed)
     if resume is None:
-        weights = starting_weights(config, found, config["method"])
+        weights = starting_weights(trial.retrain, found, trial.method)
         if weights is not None:
             model.load_state_dict(weights)
     latest: list[TrainState] = []
@@ -249,7 +237,7 @@ def run_trial(config: dict[str, Any]) -> None:
             resume=resume,
             on_checkpoint=latest.append,
             on_epoch=report,
-            **distillation(config),
+            **distillation(trial.teacher),
         )
     except NonFiniteLossError as error:
         # a property of the configuration, not a transient fault: end the trial (no retry) and say why
@@ -259,6 +247,8 @@ def run_trial(config: dict[str, Any]) -> None:
         metrics.setdefault("epoch", 0)
         tune.report(metrics)
         return
+    if trial.artifact_dir:
+        save_model(Path(trial.artifact_dir), model, artifact)
     if resume is not None and len(history.records) == len(resume.records):
         # restored after the last epoch was checkpointed: report it once more so the trial has a final result
         tune.report(epoch_metrics(history.final, found, cost_model, target, recipe.epochs))

@@ -17,7 +17,9 @@ from typing import Any
 from widthtune.models.cost import CostModel
 from widthtune.models.registry import canonical_spec
 from widthtune.search_spaces.controls import guided_control, stage_ratios, transferred_guided, uniform_control
-from widthtune.trainables.task import Method, SearchResult, Task
+from widthtune.trainables.method import Method
+from widthtune.trainables.registry import get_method, register
+from widthtune.trainables.task import SearchResult, Task
 from widthtune.training.datasets import DataSpec, load_dataset
 
 KINDS = ("uniform", "guided")
@@ -50,8 +52,6 @@ def _source_task(task: Task, params: Mapping[str, Any]) -> Task:
 
 def search(task: Task) -> SearchResult:
     """Prune with the source method, then build the control at the same cost (within 0.5%)."""
-    from widthtune.trainables.methods import get_method  # the registry imports this module
-
     params = {**DEFAULTS, **task.params}
     source = _source_task(task, params)
     pruned = get_method(params["source"]).search(source)
@@ -79,14 +79,14 @@ def search(task: Task) -> SearchResult:
 
 def check(params: Mapping[str, Any]) -> None:
     """Kind, source method and its settings, source model and data are valid."""
-    from widthtune.trainables.methods import get_method
-
     merged = {**DEFAULTS, **params}
     if merged["kind"] not in KINDS:
         raise ValueError(f"method.kind: {merged['kind']!r} is not allowed; choose one of: {', '.join(KINDS)}")
-    if merged["source"] == "control":
-        raise ValueError("method.source: a control needs a pruning method as its source, not another control")
     source = get_method(str(merged["source"]))
+    if not source.prunes:
+        raise ValueError(
+            f"method.source: {merged['source']!r} prunes nothing; a control needs a pruning method as its source"
+        )
     if not isinstance(merged["source_params"] or {}, Mapping):
         raise ValueError(f"method.source_params: {merged['source_params']!r} is not a mapping of settings")
     source.check(dict(merged["source_params"] or {}))
@@ -98,10 +98,12 @@ def check(params: Mapping[str, Any]) -> None:
         DataSpec(**merged["source_data"])
 
 
-METHOD = Method(
-    name="control",
-    search=search,
-    defaults=DEFAULTS,
-    summary="Rethinking's controls: uniform or (transferred) guided pruning at a pruning method's cost",
-    check=check,
+METHOD = register(
+    Method(
+        name="control",
+        search=search,
+        defaults=DEFAULTS,
+        summary="Rethinking's controls: uniform or (transferred) guided pruning at a pruning method's cost",
+        check=check,
+    )
 )

@@ -7,7 +7,9 @@ from typing import Any
 
 from widthtune.models.space import ChannelSpace
 from widthtune.search_spaces.width_space import WidthSpace, check_width_params
-from widthtune.trainables.task import Method, SearchResult, Task
+from widthtune.trainables.method import Method
+from widthtune.trainables.registry import register
+from widthtune.trainables.task import SearchResult, Task
 
 DEFAULTS = {"space": "group", "low": 0.25, "high": 2.0, "matched": True}
 
@@ -36,11 +38,14 @@ def check(params: Mapping[str, Any]) -> None:
         raise ValueError(f"method.matched: {merged['matched']!r} is not allowed; choose true or false")
 
 
-METHOD = Method(
-    name="direct",
-    search=search,
-    defaults=DEFAULTS,
-    summary="the width vector is the Tune/Optuna space (per group or per stage), cost-matched or constrained",
-    check=check,
-    width_space=width_space,
+METHOD = register(
+    Method(
+        name="direct",
+        search=search,
+        defaults=DEFAULTS,
+        summary="the width vector is the Tune/Optuna space (per group or per stage), cost-matched or constrained",
+        check=check,
+        width_space=width_space,
+        fixed_keys=("space", "low", "high", "matched"),
+    )
 )

@@ -8,7 +8,9 @@ from typing import Any
 
 from widthtune.models.artifact import load_widths
 from widthtune.models.widths import Widths
-from widthtune.trainables.task import Method, SearchResult, Task
+from widthtune.trainables.method import Method
+from widthtune.trainables.registry import register
+from widthtune.trainables.task import SearchResult, Task
 
 DEFAULTS: dict[str, Any] = {"widths": None, "file": None, "match": False}
 
@@ -42,11 +44,13 @@ def check(params: Mapping[str, Any]) -> None:
         raise ValueError(f"method.match: {merged['match']!r} is not allowed; choose true or false")
 
 
-METHOD = Method(
-    name="given",
-    search=search,
-    defaults=DEFAULTS,
-    summary="train given widths (a mapping or a widths.json), optionally scaled to the cost target",
-    check=check,
-    searchable=False,
+METHOD = register(
+    Method(
+        name="given",
+        search=search,
+        defaults=DEFAULTS,
+        summary="train given widths (a mapping or a widths.json), optionally scaled to the cost target",
+        check=check,
+        optimises_widths=False,
+    )
 )

@@ -30,8 +30,10 @@ from widthtune.models.inherit import inherit_weights, pad_linked_groups, top_cha
 from widthtune.models.registry import materialize
 from widthtune.models.space import ChannelSpace
 from widthtune.models.widths import Widths, round_width
+from widthtune.trainables.method import Method
+from widthtune.trainables.registry import register
 from widthtune.trainables.retraining import rescale_recipe
-from widthtune.trainables.task import TRAIN_FLOPS_PER_MAC_PER_IMAGE, Method, SearchResult, Task
+from widthtune.trainables.task import TRAIN_FLOPS_PER_MAC_PER_IMAGE, SearchResult, Task
 from widthtune.training.loop import train
 
 DEFAULTS: dict[str, Any] = {"ratio": 0.5, "pretrain_epochs": 5}
@@ -183,11 +185,14 @@ def check(params: Mapping[str, Any]) -> None:
         _check_one("method.ratio", ratio)
 
 
-METHOD = Method(
-    name="l1_filter",
-    search=search,
-    defaults=DEFAULTS,
-    summary="Li et al. L1-norm filter pruning: predefined per-group ratios on a pretrained model, kept weights",
-    check=check,
-    keeps_weights=True,
+METHOD = register(
+    Method(
+        name="l1_filter",
+        search=search,
+        defaults=DEFAULTS,
+        summary="Li et al. L1-norm filter pruning: predefined per-group ratios on a pretrained model, kept weights",
+        check=check,
+        keeps_weights=True,
+        prunes=True,
+    )
 )

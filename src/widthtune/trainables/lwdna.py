@@ -28,7 +28,9 @@ from widthtune.models.cost import CostModel
 from widthtune.models.hypernet import Hypernet, reparameterize, shrink
 from widthtune.models.space import ChannelSpace
 from widthtune.models.widths import Widths, smallest_width
-from widthtune.trainables.task import TRAIN_FLOPS_PER_MAC_PER_IMAGE, Method, SearchResult, Task
+from widthtune.trainables.method import Method
+from widthtune.trainables.registry import register
+from widthtune.trainables.task import TRAIN_FLOPS_PER_MAC_PER_IMAGE, SearchResult, Task
 from widthtune.training.datasets import DatasetSplits
 from widthtune.training.loop import resolve_device
 
@@ -287,10 +289,13 @@ def check(params: Mapping[str, Any]) -> None:
             )
 
 
-METHOD = Method(
-    name="lwdna",
-    search=search,
-    defaults=DEFAULTS,
-    summary="LW-DNA: widen by beta, score channels by hypernetwork-latent gradients, shrink to the target",
-    check=check,
+METHOD = register(
+    Method(
+        name="lwdna",
+        search=search,
+        defaults=DEFAULTS,
+        summary="LW-DNA: widen by beta, score channels by hypernetwork-latent gradients, shrink to the target",
+        check=check,
+        prunes=True,
+    )
 )

@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import replace
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any
 
+from widthtune.search_spaces.domains import split_spaces
 from widthtune.training.loop import TrainConfig
 
 RETRAIN_MODES = ("scratch-e", "scratch-b", "finetune")
@@ -101,3 +104,64 @@ def retrain_recipe(
         milestones=(),
         warmup_epochs=0.0,
     )
+
+
+@dataclass(frozen=True)
+class Retraining:
+    """How a trial retrains its found widths: the mode, fine-tuning's epochs, whether the data is ImageNet-scale.
+
+    `large_scale` left unset means: capped Scratch-B for ImageNet-style folders, uncapped otherwise.
+    """
+
+    mode: str = "scratch-e"
+    finetune_epochs: int | None = None
+    large_scale: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in RETRAIN_MODES:
+            raise ValueError(
+                f"retrain.mode: {self.mode!r} is not allowed; choose one of: {', '.join(RETRAIN_MODES)}"
+            )
+        epochs = self.finetune_epochs
+        if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
+            raise ValueError(f"retrain.finetune_epochs: {epochs!r} is not allowed; choose an integer >= 1")
+        if self.large_scale is not None and not isinstance(self.large_scale, bool):
+            raise ValueError(
+                f"retrain.large_scale: {self.large_scale!r} is not allowed; choose true or false"
+            )
+
+    def recipe(
+        self, recipe: TrainConfig, full_cost: float, pruned_cost: float, data_name: str
+    ) -> TrainConfig:
+        """The recipe the found widths train with under this mode (Rethinking's budgets)."""
+        if self.mode == "scratch-e":
+            return recipe
+        large = self.large_scale if self.large_scale is not None else data_name in LARGE_SCALE_DATA
+        return retrain_recipe(
+            self.mode, recipe, full_cost, pruned_cost, large_scale=large, finetune_epochs=self.finetune_epochs
+        )
+
+
+# datasets whose Scratch-B budget is capped by default (ImageNet-style folders)
+LARGE_SCALE_DATA = ("imagefolder", "imagenet")
+RETRAIN_FIELDS = tuple(f.name for f in fields(Retraining))
+
+
+def retrain_modes(section: Mapping[str, Any], where: str) -> list[str]:
+    """The modes a `retrain` section asks for (a value or a space of them), every candidate checked."""
+    for key in section:
+        if key not in RETRAIN_FIELDS:
+            raise ValueError(f"{where}.{key}: unknown field; allowed: {', '.join(RETRAIN_FIELDS)}")
+    constants, domains = split_spaces(dict(section), "retrain")
+    modes = (
+        list(domains["retrain.mode"].candidates())
+        if "retrain.mode" in domains
+        else [constants.get("retrain.mode", Retraining.mode)]
+    )
+    fixed = {k[len("retrain.") :]: v for k, v in constants.items() if k != "retrain.mode"}
+    for mode in modes:
+        try:
+            Retraining(mode=mode, **fixed)
+        except ValueError as error:
+            raise ValueError(str(error).replace("retrain.", f"{where}.", 1)) from None
+    return modes

@@ -39,8 +39,10 @@ from widthtune.models.registry import materialize
 from widthtune.models.space import ChannelSpace
 from widthtune.models.spec import ModelSpec
 from widthtune.models.widths import Widths, round_width, smallest_width
+from widthtune.trainables.method import Method
+from widthtune.trainables.registry import register
 from widthtune.trainables.retraining import rescale_recipe
-from widthtune.trainables.task import TRAIN_FLOPS_PER_MAC_PER_IMAGE, Method, SearchResult, Task
+from widthtune.trainables.task import TRAIN_FLOPS_PER_MAC_PER_IMAGE, SearchResult, Task
 from widthtune.training.loop import train
 
 DEFAULTS: dict[str, Any] = {
@@ -371,11 +373,14 @@ def check(params: Mapping[str, Any]) -> None:
         raise ValueError(f"method.prune: {prune!r} is not allowed; choose one of: {', '.join(PRUNE_MODES)}")
 
 
-METHOD = Method(
-    name="slimming",
-    search=search,
-    defaults=DEFAULTS,
-    summary="Network Slimming: L1 on BN gammas while training, one global threshold to a channel ratio or cost",
-    check=check,
-    keeps_weights=True,
+METHOD = register(
+    Method(
+        name="slimming",
+        search=search,
+        defaults=DEFAULTS,
+        summary="Network Slimming: L1 on BN gammas while training, one global threshold to a channel ratio or cost",
+        check=check,
+        keeps_weights=True,
+        prunes=True,
+    )
 )

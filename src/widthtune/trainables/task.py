@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +22,8 @@ class Task:
     """What a method is asked to solve: a model, its data, a training recipe, a cost target and its settings.
 
     `params` are the method's hyperparameters for this trial (spaces already sampled); `trial_params` is the
-    whole flat trial config, where a method that searches widths directly finds its `widths.*` dimensions.
+    whole flat trial config, where a method that searches widths directly finds its `widths.*` dimensions;
+    `artifacts` are the paths of the shared artifacts the method declared (name -> path).
     """
 
     model: ModelSpec
@@ -34,6 +35,7 @@ class Task:
     params: Mapping[str, Any] = field(default_factory=dict)
     trial_params: Mapping[str, Any] = field(default_factory=dict)
     seed: int = 0
+    artifacts: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def space(self) -> ChannelSpace:
@@ -58,17 +60,3 @@ class SearchResult:
     init_from_weights: bool = (
         False  # scratch training starts from `weights` (else they serve fine-tuning only)
     )
-
-
-@dataclass(frozen=True)
-class Method:
-    """A registered method: its search function, its hyperparameters with defaults, and how to check them."""
-
-    name: str
-    search: Callable[[Task], SearchResult]
-    defaults: Mapping[str, Any]
-    summary: str
-    check: Callable[[Mapping[str, Any]], None] = lambda params: None
-    width_space: Callable[[ChannelSpace, Mapping[str, Any]], Any] | None = None
-    searchable: bool = True
-    keeps_weights: bool = False  # its result carries the pruned model's weights, so it can be fine-tuned

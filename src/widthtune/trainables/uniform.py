@@ -6,7 +6,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from widthtune.models.widths import Widths
-from widthtune.trainables.task import Method, SearchResult, Task
+from widthtune.trainables.method import Method
+from widthtune.trainables.registry import register
+from widthtune.trainables.task import SearchResult, Task
 
 DEFAULTS: dict[str, Any] = {"multiplier": None}
 
@@ -28,11 +30,13 @@ def check(params: Mapping[str, Any]) -> None:
         )
 
 
-METHOD = Method(
-    name="uniform",
-    search=search,
-    defaults=DEFAULTS,
-    summary="one width multiplier on the base model, matched to the cost target (or fixed by `multiplier`)",
-    check=check,
-    searchable=False,
+METHOD = register(
+    Method(
+        name="uniform",
+        search=search,
+        defaults=DEFAULTS,
+        summary="one width multiplier on the base model, matched to the cost target (or fixed by `multiplier`)",
+        check=check,
+        optimises_widths=False,
+    )
 )

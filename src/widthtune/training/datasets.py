@@ -211,6 +211,8 @@ def _cifar(
     return _Raw(train_x, train_y, test_x, test_y, num_classes, 32)
 
 
+# datasets read from data.root
+DISK_DATASETS = ("cifar10", "cifar100", "imagefolder")
 # dataset -> (folder, training files..., test file)
 CIFAR_FILES: dict[str, tuple[str, tuple[str, ...]]] = {
     "cifar10": ("cifar-10-batches-py", (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch")),
@@ -283,6 +285,12 @@ DATASET_NAMES: tuple[str, ...] = tuple(LOADERS)
 
 def check_dataset(spec: DataSpec) -> None:
     """What is on disk can be read, checked before any experiment starts (nothing is loaded)."""
+    if spec.name in DISK_DATASETS:
+        root = _need_root(spec, "the dataset")
+        if not root.is_dir():
+            raise DatasetNotFoundError(
+                f"data.root: {str(spec.root)!r} is not a folder; {spec.name} cannot be read from it"
+            )
     if spec.name in ("cifar10", "cifar100"):
         folder, files = CIFAR_FILES[spec.name]
         root = _need_root(spec, f"{folder}/")

@@ -9,7 +9,9 @@ import numpy as np
 
 from widthtune.models.widths import Widths
 from widthtune.search_spaces.width_space import WidthSpace, check_width_params
-from widthtune.trainables.task import Method, SearchResult, Task
+from widthtune.trainables.method import Method
+from widthtune.trainables.registry import register
+from widthtune.trainables.task import SearchResult, Task
 
 DEFAULTS = {"low": 0.25, "high": 1.0, "space": "group", "shape_seed": None}
 
@@ -36,10 +38,12 @@ def check(params: Mapping[str, Any]) -> None:
     check_width_params(merged["space"], merged["low"], merged["high"])
 
 
-METHOD = Method(
-    name="random",
-    search=search,
-    defaults=DEFAULTS,
-    summary="random per-group multipliers in [low, high], matched to the cost target",
-    check=check,
+METHOD = register(
+    Method(
+        name="random",
+        search=search,
+        defaults=DEFAULTS,
+        summary="random per-group multipliers in [low, high], matched to the cost target",
+        check=check,
+    )
 )

@@ -1,4 +1,4 @@
-"""The Parquet result store: one row per trial and one per trial-epoch, written by the driver as trials finish.
+"""The Parquet result store: a row per trial, per trial-epoch and per shared artifact, written by the driver.
 
 Each trial is its own file under `trials/` and `epochs/`, named by its key; writing it again replaces it, so a
 resumed experiment can never hold a trial twice. Read the directory as one dataset.
@@ -90,6 +90,24 @@ EPOCH_SCHEMA = pa.schema(
 )
 
 
+ARTIFACT_SCHEMA = pa.schema(
+    [
+        ("artifact_key", pa.string()),
+        ("kind", pa.string()),
+        ("seed", pa.int64()),
+        ("recipe_json", pa.string()),
+        ("status", pa.string()),
+        ("path", pa.string()),
+        ("value_json", pa.string()),
+        ("reason", pa.string()),
+        ("wall_seconds", pa.float64()),
+        ("trial_key", pa.string()),
+        ("mlflow_run_id", pa.string()),
+        ("finished_at", pa.float64()),
+    ]
+)
+
+
 def _write(table: pa.Table, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".parquet.partial")
@@ -122,6 +140,19 @@ def _read(folder: Path, schema: pa.Schema) -> list[dict[str, Any]]:
 def read_trials(root: Path) -> list[dict[str, Any]]:
     """Every stored trial row."""
     return _read(root / "trials", TRIAL_SCHEMA)
+
+
+def write_artifact(root: Path, row: Mapping[str, Any]) -> None:
+    """Store (or replace) one shared artifact's record."""
+    _write(
+        pa.Table.from_pylist([_row(ARTIFACT_SCHEMA, row)], schema=ARTIFACT_SCHEMA),
+        root / "artifacts" / f"{row['artifact_key']}.parquet",
+    )
+
+
+def read_artifacts(root: Path) -> list[dict[str, Any]]:
+    """Every stored shared artifact's record."""
+    return _read(root / "artifacts", ARTIFACT_SCHEMA)
 
 
 def read_epochs(root: Path) -> list[dict[str, Any]]:

@@ -1,0 +1,1 @@
+"""The results store: Parquet tables of trials, epochs and shared artifacts, and which trial a method hands in."""

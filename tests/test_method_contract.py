@@ -1,0 +1,86 @@
+"""The contract every registered method keeps: defaults pass its check, a search on a tiny task returns widths
+of the model's space at the cost target, its info is JSON, and its mistakes name the field."""
+
+import json
+
+import pytest
+
+from widthtune.models.cost import CostModel
+from widthtune.models.match import COST_TOLERANCE
+from widthtune.models.registry import canonical_spec
+from widthtune.models.widths import Widths
+from widthtune.platform.config import ConfigError, validate_config
+from widthtune.trainables.adapter import find_widths
+from widthtune.trainables.registry import registered
+from widthtune.trainables.task import Task
+from widthtune.training import DataSpec, TrainConfig, load_dataset
+
+SPEC = "resnet_cifar:depth=8"
+METHODS = sorted(registered())
+
+
+@pytest.fixture(scope="module")
+def task():
+    cost_model = CostModel.from_spec(SPEC)
+    return Task(
+        model=canonical_spec(SPEC),
+        data=load_dataset(DataSpec("digits", resolution=8, fraction=0.2)),
+        train=TrainConfig(epochs=1, batch_size=64),
+        cost_model=cost_model,
+        cost_target=0.5 * cost_model.base().macs,
+        seed=0,
+    )
+
+
+def settings(name, task):
+    """The defaults, plus what a method cannot default (the widths `given` is handed)."""
+    method = registered()[name]
+    params = dict(method.defaults)
+    if name == "given":
+        params.update(widths=Widths.base(task.space).as_dict(), match=True)
+    return params
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_defaults_pass_the_methods_own_check(name, task):
+    registered()[name].check(settings(name, task))
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_search_returns_widths_of_the_space_at_the_target(name, task, one_thread):
+    from dataclasses import replace
+
+    method = registered()[name]
+    params = settings(name, task)
+    trial_params = {}
+    if method.width_space is not None:
+        space = method.width_space(task.space, params)
+        trial_params = {key: 1.0 for key in space.param_names()}
+    found = find_widths(replace(task, params=params, trial_params=trial_params), name)
+    assert found.widths.space == task.space
+    for group, width in zip(task.space, found.widths.values, strict=True):
+        assert group.min <= width and width % group.divisor == 0
+    cost = task.cost_model.cost(found.widths)
+    assert cost <= task.cost_target * (1 + COST_TOLERANCE), (name, cost / task.cost_target)
+    json.dumps(found.info)
+    assert found.search_flops >= 0
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_an_unknown_hyperparameter_is_named(name, tmp_path):
+    raw = {
+        "name": "c",
+        "model": SPEC,
+        "method": {"name": name, "no_such_setting": 1},
+        "storage": str(tmp_path),
+    }
+    with pytest.raises(ConfigError, match=rf"methods\[{name}\]\.no_such_setting: unknown hyperparameter"):
+        validate_config(raw)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_a_method_declares_itself(name):
+    method = registered()[name]
+    assert method.name == name and method.summary and not method.summary.endswith(".")
+    assert set(method.fixed_keys) <= set(method.defaults)
+    assert isinstance(method.optimises_widths, bool) and isinstance(method.keeps_weights, bool)
