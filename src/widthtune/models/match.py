@@ -1,8 +1,9 @@
-"""Cost matching: one width multiplier that brings a width shape to a cost target."""
+"""Cost matching: one width multiplier that brings a width shape to a cost target, and the integer refinement
+that nudges whole divisor steps of channels onto a target (shared by `match_cost`, LW-DNA and slimming)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -10,10 +11,13 @@ import numpy as np
 from widthtune.models.cost import CostModel
 from widthtune.models.widths import Widths, smallest_width
 
-# how close to a cost target a matched width vector must be (relative), everywhere a target is matched
+# how close to a cost target a matched width vector must land: +- 0.5% of the target
 COST_TOLERANCE = 0.005
 # relative multiplier offsets tried when rounding around the bisected multiplier misses the tolerance
 NEIGHBOUR_STEPS = tuple(sign * k / 100 for k in range(1, 31) for sign in (1, -1))
+
+# (current widths, candidate widths one row each) -> a priority per row, higher first
+MovePriority = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 class CostTargetError(ValueError):
@@ -33,6 +37,100 @@ class CostMatch:
     def relative_error(self) -> float:
         """(cost - target) / target."""
         return (self.cost - self.target) / self.target
+
+
+@dataclass(frozen=True)
+class Refinement:
+    """Integer widths after refinement, their cost, and how many moves brought them there."""
+
+    values: np.ndarray
+    cost: float
+    moves: int
+
+
+def divisor_moves(steps: np.ndarray, max_steps: int = 1, pairs: bool = True) -> np.ndarray:
+    """Every move `refine_widths` tries, one row each, by the first group they move: 1..max_steps divisor steps
+    of one group up or down and, with `pairs`, one step of a group against 1..max_steps steps of another."""
+    steps = np.asarray(steps, dtype=np.int64)
+    if steps.ndim != 1 or not (steps > 0).all():
+        raise ValueError(f"steps: {steps.tolist()} is not allowed; give one positive integer step per group")
+    if max_steps < 1:
+        raise ValueError(f"max_steps: {max_steps!r} is not allowed; choose an integer >= 1")
+    count = len(steps)
+    unit = np.diag(steps)
+    multiples = np.arange(1, max_steps + 1)
+    moves = [(multiples[:, None, None] * unit[None]).reshape(-1, count)]
+    if pairs:
+        # [j, a, b] = one step of group a against j steps of group b (a == b gives single moves again)
+        against = unit[None, :, None, :] - multiples[:, None, None, None] * unit[None, None, :, :]
+        moves.append(against.reshape(-1, count))
+    stacked = np.concatenate(moves)
+    moves_array = np.unique(np.concatenate([stacked, -stacked]), axis=0)
+    moves_array = moves_array[np.abs(moves_array).sum(axis=1) > 0]
+    moved = moves_array != 0
+    first, last = np.argmax(moved, axis=1), len(steps) - 1 - np.argmax(moved[:, ::-1], axis=1)
+    return moves_array[np.lexsort((last, first))]  # ties go to the earliest groups
+
+
+def refine_widths(
+    values: np.ndarray,
+    target: float,
+    cost_model: CostModel,
+    convention: str = "macs",
+    *,
+    tolerance: float = COST_TOLERANCE,
+    lower: np.ndarray,
+    upper: np.ndarray,
+    steps: np.ndarray | None = None,
+    max_steps: int = 1,
+    pairs: bool = True,
+    under_target: bool = False,
+    priority: MovePriority | None = None,
+) -> Refinement:
+    """Integer widths move in whole steps, so a bisected cost misses its target by up to one step; take moves
+    (`divisor_moves`, priced in one batch) that bring the cost closer, until within `tolerance` or none does.
+
+    Each group stays within [lower, upper]. The error never grows: a move is taken only if it brings the cost
+    strictly closer, the closest one wins (ties: the first in `divisor_moves` order), or the highest
+    `priority` among them where one is given; `under_target` only takes moves that keep the cost at or
+    below the target.
+    """
+    current = np.asarray(values, dtype=np.int64)
+    low = np.broadcast_to(np.asarray(lower, dtype=np.int64), current.shape)
+    high = np.broadcast_to(np.asarray(upper, dtype=np.int64), current.shape)
+    if current.shape != (len(cost_model.space),):
+        raise ValueError(
+            f"values: {current.shape[0]} widths given, the cost model prices {len(cost_model.space)}"
+        )
+    if not (low <= current).all() or not (current <= high).all():
+        raise ValueError(
+            f"values: {current.tolist()} is not within lower {low.tolist()} and upper {high.tolist()}"
+        )
+    if not target > 0:
+        raise ValueError(f"target: {target!r} is not allowed; choose a cost > 0")
+    if not tolerance >= 0:
+        raise ValueError(f"tolerance: {tolerance!r} is not allowed; choose a fraction >= 0")
+    if steps is None:
+        steps = np.asarray([group.divisor for group in cost_model.space], dtype=np.int64)
+    moves = divisor_moves(steps, max_steps, pairs)
+    cost = float(cost_model.cost(current.astype(np.float64), convention))
+    taken = 0
+    while abs(cost - target) > tolerance * target:  # the error falls strictly each move, so this ends
+        candidates = current[None, :] + moves
+        candidates = candidates[((candidates >= low) & (candidates <= high)).all(axis=1)]
+        costs = np.asarray(cost_model.cost(candidates.astype(np.float64), convention)).reshape(-1)
+        errors = np.abs(costs - target)
+        useful = errors < abs(cost - target)
+        if under_target:
+            useful &= costs <= target
+        if not useful.any():
+            break
+        if priority is None:
+            best = int(np.argmin(np.where(useful, errors, np.inf)))
+        else:
+            best = int(np.argmax(np.where(useful, priority(current, candidates), -np.inf)))
+        current, cost, taken = candidates[best], float(costs[best]), taken + 1
+    return Refinement(current, cost, taken)
 
 
 def match_cost(
@@ -60,6 +158,21 @@ def match_cost(
     def cost_at(multiplier: float) -> float:
         return float(cost_model.cost(widths_at(multiplier), convention))
 
+    def refined_at(multiplier: float) -> Refinement:
+        # one multiplier moves every group across its rounding boundary at once, so on small networks the
+        # cost jumps in steps larger than the tolerance; floor or ceil per group fills in those steps
+        exact = shape_values * multiplier
+        return refine_widths(
+            widths_at(multiplier),
+            target,
+            cost_model,
+            convention,
+            tolerance=tolerance / 4,
+            lower=np.maximum(floors, np.floor(exact / divisors) * divisors),
+            upper=np.maximum(floors, np.ceil(exact / divisors) * divisors),
+            pairs=False,
+        )
+
     low_cost = float(cost_model.cost(floors, convention))
     high_cost = cost_at(max_multiplier)
     if target < low_cost * (1 - tolerance) or target > high_cost * (1 + tolerance):
@@ -78,66 +191,19 @@ def match_cost(
             break
     candidates = [m for m in (low, high) if m > 0] or [high]
     best = min(candidates, key=lambda m: abs(cost_at(m) - target))
-    values = _refine_rounding(
-        widths_at(best), shape_values * best, divisors, floors, target, cost_model, convention, tolerance
-    )
-    cost = float(cost_model.cost(values, convention))
+    refined = refined_at(best)
     # on small networks the floor/ceil choice around one multiplier may not bridge a step: try neighbours
     for step in NEIGHBOUR_STEPS:
-        if abs(cost - target) <= tolerance * target:
+        if abs(refined.cost - target) <= tolerance * target:
             break
         multiplier = best * (1 + step)
-        candidate = _refine_rounding(
-            widths_at(multiplier),
-            shape_values * multiplier,
-            divisors,
-            floors,
-            target,
-            cost_model,
-            convention,
-            tolerance,
-        )
-        candidate_cost = float(cost_model.cost(candidate, convention))
-        if abs(candidate_cost - target) < abs(cost - target):
-            values, cost, best = candidate, candidate_cost, multiplier
-    if abs(cost - target) > tolerance * target:
+        candidate = refined_at(multiplier)
+        if abs(candidate.cost - target) < abs(refined.cost - target):
+            refined, best = candidate, multiplier
+    if abs(refined.cost - target) > tolerance * target:
         raise CostTargetError(
             f"{convention} target {target:,.0f} cannot be met within {tolerance:.1%}: the closest width vector costs "
-            f"{cost:,.0f} ({(cost - target) / target:+.2%}); divisor rounding is too coarse here -- lower the divisor "
-            f"or loosen the tolerance"
+            f"{refined.cost:,.0f} ({(refined.cost - target) / target:+.2%}); divisor rounding is too coarse here -- "
+            f"lower the divisor or loosen the tolerance"
         )
-    return CostMatch(Widths(space, tuple(int(v) for v in values)), best, cost, target)
-
-
-def _refine_rounding(
-    values: np.ndarray,
-    exact: np.ndarray,
-    divisors: np.ndarray,
-    floors: np.ndarray,
-    target: float,
-    cost_model: CostModel,
-    convention: str,
-    tolerance: float,
-) -> np.ndarray:
-    """Flip single groups between rounding down and up (never further) while that brings the cost closer.
-
-    One multiplier moves every group across its rounding boundary at once, so on small networks the cost
-    jumps in steps larger than the tolerance; choosing floor or ceil per group keeps every width within one
-    divisor of multiplier x shape and fills in those steps.
-    """
-    down = np.maximum(floors, np.floor(exact / divisors) * divisors)
-    up = np.maximum(floors, np.ceil(exact / divisors) * divisors)
-    values = values.copy()
-    error = abs(float(cost_model.cost(values, convention)) - target)
-    for _ in range(len(values) * 2):
-        if error <= tolerance * target / 4:
-            break
-        flipped = np.repeat(values[None, :], len(values), axis=0)
-        alternative = np.where(values == up, down, up)
-        flipped[np.arange(len(values)), np.arange(len(values))] = alternative
-        errors = np.abs(cost_model.cost(flipped, convention) - target)
-        best = int(np.argmin(errors))
-        if errors[best] >= error:
-            break
-        values, error = flipped[best], float(errors[best])
-    return values
+    return CostMatch(Widths(space, tuple(int(v) for v in refined.values)), best, refined.cost, target)

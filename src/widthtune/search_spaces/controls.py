@@ -16,11 +16,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from widthtune.models.cost import CostModel
-from widthtune.models.match import CostMatch, match_cost
+from widthtune.models.match import COST_TOLERANCE, CostMatch, match_cost
 from widthtune.models.space import ChannelGroup, ChannelSpace
 from widthtune.models.widths import Widths
 
-TOLERANCE = 0.005
 StageKey = int | str
 
 
@@ -44,7 +43,7 @@ def _match(
     if cost_model.space != space:
         raise ValueError("cost_model: it prices a different channel space than the control is built for")
     shape = {group.name: group.base * ratios[group.name] for group in space}
-    return match_cost(shape, target, cost_model, convention=convention, tolerance=TOLERANCE)
+    return match_cost(shape, target, cost_model, convention=convention, tolerance=COST_TOLERANCE)
 
 
 def uniform_control(

@@ -8,8 +8,9 @@ sorted scores, so the threshold is the score of the last channel admitted; ties 
 `rho` of its reference width (`tau` for groups feeding a linear layer -- the classifier's input); the
 reference is the base width (`floor_reference="base"`, the paper's C(rho c, beta c)) or the widened width
 (`"widened"`, the reference code's). Integer widths make the cost move in steps; when the bisected threshold
-misses the tolerance, whole divisor steps of the next-ranked (added) or last-ranked (removed) channels of
-single groups, or of one group against another, are taken greedily until the cost is within it.
+misses the tolerance, `models.match.refine_widths` takes whole divisor steps of single groups, or of one group
+against another, between the floors and the widened widths until the cost is within it; each group then
+keeps its best-scoring channels (the ranking decides which channels, the refinement how many).
 Without a cost target the target is half the base model's cost in the task's convention.
 """
 
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 
 from widthtune.models.cost import CostModel
 from widthtune.models.hypernet import Hypernet, reparameterize, shrink
+from widthtune.models.match import refine_widths
 from widthtune.models.space import ChannelSpace
 from widthtune.models.widths import Widths, smallest_width
 from widthtune.trainables.method import Method
@@ -140,33 +142,6 @@ class _Shrinker:
         candidates = [c for c in (low - 1, low) if 0 <= c <= len(self.order)]
         return min(candidates, key=lambda c: abs(float(self.cost(self.widths(c))) - target))
 
-    def refine(self, widths: np.ndarray, target: float, tolerance: float) -> tuple[np.ndarray, int]:
-        """Greedy divisor steps of one group, or of one against another, until within tolerance."""
-        count = len(widths)
-        steps = np.eye(count, dtype=np.int64) * self.divisors[None, :]
-        multiples = np.arange(1, MAX_STEPS + 1)
-        singles = (multiples[:, None, None] * steps[None]).reshape(-1, count)
-        # one step of group a against j steps of group b: [j, a, b] = steps[a] - j * steps[b]
-        pairs = steps[None, :, None, :] - multiples[:, None, None, None] * steps[None, None, :, :]
-        pairs = pairs.reshape(-1, count)
-        moves_array = np.unique(np.concatenate([singles, -singles, pairs, -pairs]), axis=0)
-        moves_array = moves_array[np.abs(moves_array).sum(axis=1) > 0]
-        error = abs(float(self.cost(widths)) - target)
-        taken = 0
-        for _ in range(4 * count + 64):
-            if error <= tolerance * target:
-                break
-            candidates = widths[None, :] + moves_array
-            legal = ((candidates >= self.floors) & (candidates <= self.widened)).all(axis=1)
-            if not legal.any():
-                break
-            errors = np.where(legal, np.abs(self.cost(candidates) - target), np.inf)
-            best = int(np.argmin(errors))
-            if errors[best] >= error:
-                break
-            widths, error, taken = candidates[best], float(errors[best]), taken + 1
-        return widths, taken
-
     def kept(self, widths: np.ndarray) -> list[list[int]]:
         """Each group's `width` best-scoring channels, in channel order."""
         kept = []
@@ -215,8 +190,18 @@ def search(task: Task) -> SearchResult:
             f"{low:,.0f} to {high:,.0f}"
         )
     admitted = shrinker.bisect(target)
-    values, adjustments = shrinker.refine(shrinker.widths(admitted), target, tolerance)
-    cost = float(shrinker.cost(values))
+    refined = refine_widths(
+        shrinker.widths(admitted),
+        target,
+        cost_model,
+        task.convention,
+        tolerance=tolerance,
+        lower=lowest,
+        upper=shrinker.widened,
+        steps=shrinker.divisors,
+        max_steps=MAX_STEPS,
+    )
+    values, cost = refined.values, refined.cost
     if abs(cost - target) > tolerance * target:
         raise ValueError(
             f"cost_target: {target:,.0f} ({task.convention}) cannot be met within {tolerance:.2%} by lwdna: the "
@@ -237,7 +222,7 @@ def search(task: Task) -> SearchResult:
         "floor_reference": str(params["floor_reference"]),
         "init": str(params["init"]),
         "threshold": shrinker.threshold(admitted),
-        "adjustments": adjustments,
+        "adjustments": refined.moves,
         "cost": cost,
         "cost_target": target,
         "relative_error": (cost - target) / target,

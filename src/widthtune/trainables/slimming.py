@@ -14,7 +14,8 @@ subgradient sign(gamma)). Channels are then ranked across all groups at once:
 - `prune: ratio` removes round(ratio x prunable channels); `prune: cost` bisects the number of removed
   channels (the threshold) to the least that brings the cost to at most task.cost_target; when that last
   channel overshoots by more than 0.5%, the best-scored removed channels that still fit are put back, so the
-  cost lands within 0.5% below the target when integer widths allow (else the closest below it finds);
+  cost lands within 0.5% below the target when integer widths allow (else divisor steps up, or up in one
+  group and down in another, that land within 0.5%, even slightly above; both are `models.match.refine_widths`);
 - widths are rounded to each group's divisor by keeping the group's top-scored channels.
 
 Groups without a BN, and streams routed by a zero-pad (option A) shortcut, are not pruned (see
@@ -35,6 +36,7 @@ from torch import Tensor, nn
 
 from widthtune.models.cost import CostModel
 from widthtune.models.inherit import inherit_weights, pad_linked_groups, top_channels
+from widthtune.models.match import COST_TOLERANCE, MovePriority, refine_widths
 from widthtune.models.registry import materialize
 from widthtune.models.space import ChannelSpace
 from widthtune.models.spec import ModelSpec
@@ -53,7 +55,6 @@ DEFAULTS: dict[str, Any] = {
     "prune": "auto",  # auto: ratio if one is given, else the cost target, else the default ratio
 }
 PRUNE_MODES = ("auto", "ratio", "cost")
-COST_TOLERANCE = 0.005
 SMALL_GAMMA = 1e-2  # info reports the share of gammas below this, a direct read-out of the sparsity
 BN = nn.modules.batchnorm._BatchNorm
 
@@ -173,8 +174,8 @@ def prune_to_cost(
 
     When the last removal overshoots by more than `tolerance` (one expensive channel), the best-scored
     removed channels that still fit under the target are put back, one divisor step at a time; if the cost is
-    still more than `tolerance` below, the closest single step up (or step up in one group and down in
-    another) within `tolerance` of the target is taken, even slightly above it.
+    still more than `tolerance` below, the closest divisor steps up (or up in one group and down in another)
+    are taken where they land within `tolerance` of the target, even slightly above it (else it stays below).
     """
     sequence = pruning_sequence(space, scores)
 
@@ -193,73 +194,44 @@ def prune_to_cost(
             high = middle
         else:
             low = middle + 1
-    values = _widths_after(space, scores, sequence, high)
+    values = np.asarray(_widths_after(space, scores, sequence, high), dtype=np.int64)
     if cost(high) < target * (1 - tolerance):
-        values = _restore(space, scores, values, cost_model, target, convention)
-    if float(cost_model.cost(np.asarray(values, dtype=np.float64), convention)) < target * (1 - tolerance):
-        values = _closest_step(space, scores, values, cost_model, target, convention, tolerance)
-    return _selection(space, scores, values, sequence[high - 1][2] if high > 0 else None)
+        lower = [smallest_width(g) if g.name in scores else g.base for g in space]
+        upper = [g.base for g in space]
+        # tolerance 0: put back the best-scored removed channels while one more divisor step still fits
+        values = refine_widths(
+            values,
+            target,
+            cost_model,
+            convention,
+            tolerance=0.0,
+            lower=lower,
+            upper=upper,
+            pairs=False,
+            under_target=True,
+            priority=_next_channel_score(space, scores),
+        ).values
+        stepped = refine_widths(
+            values, target, cost_model, convention, tolerance=tolerance, lower=lower, upper=upper
+        )
+        if abs(stepped.cost - target) <= tolerance * target:  # else stay under the target
+            values = stepped.values
+    return _selection(space, scores, [int(v) for v in values], sequence[high - 1][2] if high > 0 else None)
 
 
-def _closest_step(
-    space: ChannelSpace,
-    scores: Mapping[str, Tensor],
-    values: list[int],
-    cost_model: CostModel,
-    target: float,
-    convention: str,
-    tolerance: float,
-) -> list[int]:
-    """When no channel fits under the target any more: one divisor step up (or up in one group and down in
-    another) that lands within `tolerance` of the target, the closest one; else the widths as they are."""
-    steps = [np.zeros(len(values))]
-    movable = [i for i, g in enumerate(space) if g.name in scores]
-    for i in movable:
-        up = np.zeros(len(values))
-        up[i] = space.groups[i].divisor
-        if values[i] + space.groups[i].divisor <= space.groups[i].base:
-            steps.append(up)
-            for j in movable:
-                if j != i and values[j] - space.groups[j].divisor >= smallest_width(space.groups[j]):
-                    swap = up.copy()
-                    swap[j] = -space.groups[j].divisor
-                    steps.append(swap)
-    trials = np.asarray(values, dtype=np.float64)[None] + np.stack(steps)
-    errors = np.abs(cost_model.cost(trials, convention) - target)
-    best = int(np.argmin(errors))
-    if errors[best] <= tolerance * target:
-        return [int(v) for v in trials[best]]
-    return values
+def _next_channel_score(space: ChannelSpace, scores: Mapping[str, Tensor]) -> MovePriority:
+    """A single step up ranks by the score of the best removed channel of its group (the next one put back)."""
+    ranked = {space.index(name): torch.sort(s, descending=True).values for name, s in scores.items()}
 
+    def priority(values: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        ranks = np.full(len(candidates), -np.inf)
+        for row, candidate in enumerate(candidates):
+            (group,) = np.flatnonzero(candidate != values)
+            if candidate[group] > values[group] and group in ranked:
+                ranks[row] = float(ranked[group][values[group]])
+        return ranks
 
-def _restore(
-    space: ChannelSpace,
-    scores: Mapping[str, Tensor],
-    values: list[int],
-    cost_model: CostModel,
-    target: float,
-    convention: str,
-) -> list[int]:
-    """Grow, best next channel first, every group whose next divisor step keeps the cost at most `target`."""
-    ranked = {name: torch.sort(s, descending=True).values for name, s in scores.items()}
-    values = list(values)
-    while True:
-        options = [
-            (float(ranked[g.name][values[i]]), i)
-            for i, g in enumerate(space)
-            if g.name in scores and values[i] + g.divisor <= g.base
-        ]
-        if not options:
-            return values
-        trials = np.repeat(np.asarray(values, dtype=np.float64)[None], len(options), axis=0)
-        for row, (_, i) in enumerate(options):
-            trials[row, i] += space.groups[i].divisor
-        fits = cost_model.cost(trials, convention) <= target
-        feasible = [option for option, ok in zip(options, fits, strict=True) if ok]
-        if not feasible:
-            return values
-        _, best = max(feasible)
-        values[best] += space.groups[best].divisor
+    return priority
 
 
 def _family_defaults(task: Task) -> dict[str, Any]:
