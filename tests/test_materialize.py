@@ -14,6 +14,7 @@ from widthtune.models import Widths, channel_space, input_shape, materialize
         "vgg_cifar:depth=11",
         "mobilenet_v2:width=0.35",
         "resnet:depth=18,resolution=32,num_classes=7",
+        "repvgg:variant=A0,stem=cifar,width=0.25,resolution=32,num_classes=10",
         "torchvision:efficientnet_b0,resolution=32",
     ],
 )

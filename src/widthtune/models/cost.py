@@ -138,10 +138,11 @@ class CostModel:
 
     @classmethod
     def from_spec(cls, spec: ModelSpec | str) -> CostModel:
-        """Trace the base model a spec names once."""
-        from widthtune.models.registry import channel_space, input_shape, materialize
+        """Trace the base model a spec names once, in the form that ships (RepVGG: merged)."""
+        from widthtune.models.registry import channel_space, deploy, input_shape, materialize
 
-        return cls.trace(materialize(spec), channel_space(spec), torch.zeros(input_shape(spec)))
+        model = deploy(spec, materialize(spec))
+        return cls.trace(model, channel_space(spec), torch.zeros(input_shape(spec)))
 
     @classmethod
     def trace(cls, model: nn.Module, space: ChannelSpace, example: torch.Tensor) -> CostModel:

@@ -11,18 +11,18 @@ from pathlib import Path
 import torch
 
 from widthtune.models.artifact import WIDTHS_FILE, WidthsArtifact
-from widthtune.models.registry import input_shape, materialize
+from widthtune.models.registry import deploy, input_shape, materialize
 
 FORMATS = ("torchscript", "onnx")
 
 
 def export_model(artifact: WidthsArtifact, format: str, out: str | Path, *, seed: int | None = 0) -> Path:
-    """Materialise the artifact's model (fresh weights) and write it; the widths JSON travels inside the file."""
+    """Materialise the artifact's model (fresh weights) in its shipping form and write it, widths JSON inside."""
     if format not in FORMATS:
         raise ValueError(f"export format {format!r} is not one of: {', '.join(FORMATS)}")
     out = Path(out).expanduser().resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
-    model = materialize(artifact.spec, artifact.widths, seed=seed).eval()
+    model = deploy(artifact.spec, materialize(artifact.spec, artifact.widths, seed=seed)).eval()
     example = torch.zeros(input_shape(artifact.spec))
     metadata = json.dumps(artifact.to_json())
     with warnings.catch_warnings(), torch.no_grad():

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from widthtune.models import mobilenet_v2, resnet, resnet_cifar, vgg_cifar
+from widthtune.models import mobilenet_v2, repvgg, resnet, resnet_cifar, vgg_cifar
 from widthtune.models.dependency import UnsupportedModelError, dependency_space
 from widthtune.models.space import ChannelSpace
 from widthtune.models.spec import ModelSpec, SpecError, parse_spec
@@ -35,6 +35,7 @@ class Family:
     build: Callable[[Mapping[str, Any], Mapping[str, int]], nn.Module]
     summary: str
     open_options: bool = False
+    deploy: Callable[[nn.Module], nn.Module] | None = None  # trained form -> what ships (None: the same)
 
 
 def _check_types(family: str, options: dict[str, Any], defaults: Mapping[str, Any]) -> None:
@@ -164,6 +165,14 @@ FAMILIES: dict[str, Family] = {
         resnet.build,
         "ImageNet ResNet-18/34/50/101/152 or any layers=a-b-c-d (torchvision classes)",
     ),
+    "repvgg": Family(
+        "repvgg",
+        repvgg.DEFAULTS,
+        repvgg.channel_space,
+        repvgg.build,
+        "RepVGG-A0..A2, B0..B3 (3x3 + 1x1 + identity branches; priced merged) with stem=imagenet or cifar",
+        deploy=repvgg.reparameterize,
+    ),
     "torchvision": _generic_family(
         "torchvision", _torchvision_factory, "any torchvision classifier: torchvision:NAME"
     ),
@@ -239,6 +248,12 @@ def materialize(
         if seed is not None:
             torch.manual_seed(seed)
         return family_of(spec).build(options, widths)
+
+
+def deploy(spec: ModelSpec | str, model: nn.Module) -> nn.Module:
+    """The form of a trained model that ships and is priced: the family's merge (RepVGG), else the model itself."""
+    convert = family_of(parse_spec(spec)).deploy
+    return model if convert is None else convert(model)
 
 
 def create_model(
