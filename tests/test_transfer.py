@@ -137,9 +137,10 @@ def test_tiny_transfer_study_links_every_target_trial_to_its_proxy(tmp_path):
     assert (directory / "report" / "transfer_curve.png").is_file()
 
     # resuming a finished transfer study recomputes nothing: same points, no new trials
-    before = state["transfer"]
+    before = state["artifacts"]
+    assert [a["recipe"]["kind"] for a in before.values()] == ["transfer-points"]
     after = execute(directory, say=lambda line: None)
-    assert after["transfer"] == before and all(v == "done" for v in after["studies"].values())
+    assert after["artifacts"] == before and all(v == "done" for v in after["studies"].values())
     assert sorted(r["trial_key"] for r in read_trials(directory / "results")) == sorted(
         r["trial_key"] for r in rows
     )

@@ -204,6 +204,7 @@ def match_cost(
         raise CostTargetError(
             f"{convention} target {target:,.0f} cannot be met within {tolerance:.1%}: the closest width vector costs "
             f"{refined.cost:,.0f} ({(refined.cost - target) / target:+.2%}); divisor rounding is too coarse here -- "
-            f"lower the divisor or loosen the tolerance"
+            f"set cost_target.tolerance (e.g. {max(2 * tolerance, abs(refined.cost - target) / target * 1.1):.3f}) "
+            "or a smaller divisor option in the model spec (e.g. ...,divisor=1)"
         )
     return CostMatch(Widths(space, tuple(int(v) for v in refined.values)), best, refined.cost, target)

@@ -21,11 +21,21 @@ from widthtune.analysis.report import write_report
 from widthtune.platform.artifacts import ArtifactFailed, Built, artifact_dir, artifact_kind
 from widthtune.platform.config import ConfigError, ExperimentConfig, validate_config
 from widthtune.platform.interruption import ExperimentInterrupted
+from widthtune.platform.logs import route_library_logs
 from widthtune.platform.planning import plan_studies
 from widthtune.platform.progress import ProgressLine
 from widthtune.platform.recorder import TrialRecorder
 from widthtune.platform.studies import Study, make_scheduler, make_searcher
-from widthtune.platform.tracking import Tracking, TrialRuns, open_parent_run, source_tags, sqlite_uri
+from widthtune.platform.tracking import (
+    Tracking,
+    TrackingGuard,
+    TrialRuns,
+    close_parent_run,
+    open_parent_run,
+    source_tags,
+    sqlite_uri,
+)
+from widthtune.platform.tracking_uri import check_tracking_uri
 from widthtune.results.roles import ARTIFACT
 from widthtune.results.store import write_artifact, write_trial
 from widthtune.trainables.adapter import run_trial
@@ -33,6 +43,8 @@ from widthtune.trainables.artifacts import ArtifactRecipe
 
 EXPERIMENT_FILE = "experiment.json"
 FORMAT = "widthtune.experiment"
+# what every experiment state holds
+STATE_KEYS = ("config", "config_hash", "tracking", "tune_storage", "studies")
 
 
 class ExperimentExistsError(ConfigError):
@@ -60,6 +72,9 @@ def _environment() -> None:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our progress line replaces Tune's tables
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    # a tracking server that stops answering costs seconds, not minutes of retries
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
 
 def start_ray(config: ExperimentConfig) -> None:
@@ -90,9 +105,20 @@ def read_state(directory: Path) -> dict[str, Any]:
         raise ConfigError(
             f"{str(directory)!r} is not a widthtune experiment directory (no {EXPERIMENT_FILE})"
         )
-    state = json.loads(path.read_text())
-    if state.get("format") != FORMAT:
+    damaged = (
+        f"{str(path)!r} is damaged ({{}}); the trials stored under results/ are untouched and "
+        f"`widthtune report {path.parent}` still reads them; to continue the experiment, restore the file from a "
+        "backup, or run its config.yaml again under another name (--set name=...)"
+    )
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ConfigError(damaged.format(f"not readable JSON: {error}")) from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ConfigError(f"{str(path)!r} is not a widthtune experiment state file")
+    missing = [k for k in STATE_KEYS if k not in state]
+    if missing:
+        raise ConfigError(damaged.format(f"no {', '.join(missing)}"))
     return state
 
 
@@ -126,7 +152,7 @@ def _tuner(study: Study, config: ExperimentConfig, directory: Path, state: dict[
     callbacks = [
         TrialRecorder(str(directory), study.key, tracking, state["config_hash"]),
         ProgressLine(
-            study.key, config.metric, "max" if config.metric == "val_acc" else "min", study.num_samples
+            study.key, config.metric, "max" if config.metric == "val_acc" else "min", study.expected_trials
         ),
     ]
     searcher = make_searcher(study, config)
@@ -161,6 +187,7 @@ def create_experiment(config: ExperimentConfig) -> Path:
             f"continue it with `widthtune resume {directory}` or choose another name (--set name=...)"
         )
     directory.mkdir(parents=True, exist_ok=True)
+    route_library_logs(directory)
     (directory / "config.yaml").write_text(yaml.safe_dump(config.as_dict(), sort_keys=False))
     uri = config.tracking_uri or sqlite_uri(directory)
     tracking = open_parent_run(
@@ -202,7 +229,8 @@ def _run_study(
     _write_state(directory, state)
     say(f"study {study.key}: {study.method}, search {study.search.name}, scheduler {study.scheduler.name}")
     results = _tuner(study, config, directory, state).fit()
-    if results.num_terminated + results.num_errors < len(results):
+    ended = results.num_terminated + results.num_errors
+    if ended < len(results) or ended < study.expected_trials:
         raise ExperimentInterrupted(
             f"study {study.key} was interrupted with trials unfinished; continue with: widthtune resume {directory}"
         )
@@ -326,9 +354,11 @@ def execute(directory: Path, say: Callable[[str], None] = print) -> dict[str, An
     directory = Path(directory).expanduser().resolve()
     state = read_state(directory)
     config = validate_config(state["config"])
+    route_library_logs(directory)
     start_ray(config)
     tracking = Tracking(**state["tracking"])
-    tracking.client().update_run(tracking.parent_run_id, status="RUNNING")
+    guard = TrackingGuard(tracking.uri, directory)
+    guard.call(tracking.client().update_run, tracking.parent_run_id, status="RUNNING")
     for planned in plan_studies(config):
         if state["studies"].get(planned.key, "pending") in ("done", "failed"):
             continue
@@ -340,16 +370,19 @@ def execute(directory: Path, say: Callable[[str], None] = print) -> dict[str, An
             _write_state(directory, state)
             continue
         _run_study(study, config, directory, state, say)
-    md, page = write_report(directory)
-    client = tracking.client()
-    client.log_artifact(tracking.parent_run_id, str(md))
-    client.log_artifact(tracking.parent_run_id, str(page))
-    client.set_terminated(tracking.parent_run_id, status="FINISHED")
+    write_report(directory)
+    guard.call(close_parent_run, tracking, directory / "report", directory / "results")
     return state
 
 
 def run_experiment(config: ExperimentConfig, say: Callable[[str], None] = print) -> Path:
     """Create the experiment, then run it (Ray is checked first: a request it cannot meet leaves nothing behind)."""
+    _environment()
+    if config.tracking_uri:
+        try:
+            check_tracking_uri(config.tracking_uri)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
     start_ray(config)
     directory = create_experiment(config)
     say(f"experiment {config.name}: {directory}")

@@ -43,6 +43,18 @@ class Study:
     # shared artifacts built before the study runs: flat config key -> recipe (the key receives the artifact)
     needs: Mapping[str, ArtifactRecipe] = field(default_factory=dict)
 
+    @property
+    def expected_trials(self) -> int:
+        """How many trials the study runs to its end: every grid combination num_samples times (Optuna: the
+        samples); fewer ended trials means it was interrupted, whatever Tune's result grid holds."""
+        if self.search.name == "optuna":
+            return self.num_samples
+        combinations = 1
+        for domain in self.domains.values():
+            if domain.kind == "grid":
+                combinations *= len(domain.values)
+        return self.num_samples * combinations
+
     def param_space(self) -> dict[str, Any]:
         """The Tune param space (variant generator): constants, sampled domains, grids as grid_search."""
         space: dict[str, Any] = dict(self.constants)

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import getpass
+import re
 import subprocess
+import sys
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +19,9 @@ from typing import Any
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
+
+from widthtune.analysis.report import comparison
+from widthtune.results.store import read_trials
 
 PARENT_TAG = "mlflow.parentRunId"
 TRIAL_KEY_TAG = "widthtune.trial_key"
@@ -77,7 +83,7 @@ def source_tags(config_hash: str) -> dict[str, str]:
 def ui_command(uri: str) -> str:
     """The exact command that opens the MLflow UI on this store."""
     if uri.startswith("sqlite:"):
-        return f"mlflow ui --backend-store-uri {uri}"
+        return f"mlflow ui --host 127.0.0.1 --backend-store-uri {uri}"
     return f"open {uri} in a browser (MLflow tracking server)"
 
 
@@ -186,3 +192,58 @@ class TrialRuns:
             self.client.log_artifact(run_id, str(path))
         mlflow_status = "FAILED" if status == "errored" else "FINISHED"
         self.client.set_terminated(run_id, status=mlflow_status)
+
+
+class TrackingGuard:
+    """Tracking is secondary to results: the first failure to reach MLflow prints one warning, and every later
+    call is skipped; the Parquet store still gets everything and `widthtune sync DIR` backfills MLflow."""
+
+    def __init__(self, uri: str, directory: Path | str) -> None:
+        self.uri = uri
+        self.directory = str(directory)
+        self.down = False
+
+    def call(self, action: Any, *args: Any, **kwargs: Any) -> Any:
+        """`action(*args, **kwargs)`, or None once MLflow has failed."""
+        if self.down:
+            return None
+        try:
+            return action(*args, **kwargs)
+        except (
+            Exception
+        ) as error:  # MLflow's, requests' and the socket's errors alike: never a trial's problem
+            self.down = True
+            first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+            print(
+                f"widthtune: warning: MLflow at {self.uri} failed ({type(error).__name__}: {first}); results go on "
+                f"to the Parquet store; `widthtune sync {self.directory}` copies them to MLflow later",
+                file=sys.stderr,
+            )
+            return None
+
+
+def summary_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Per method and cost target: the comparison table's figures, as the parent run's metrics."""
+    out: dict[str, float] = {}
+    for row in comparison(rows):
+        name = re.sub(r"[^A-Za-z0-9_.\-/ ]", "_", f"{row.label}/{row.cost_target}")
+        for field_name in ("test_acc_mean", "test_acc_std", "val_acc_mean", "macs_mean", "params_mean"):
+            value = getattr(row, field_name)
+            if value == value:  # not NaN
+                out[f"{name}/{field_name}"] = float(value)
+        out[f"{name}/trials"] = float(row.trials)
+    return out
+
+
+def close_parent_run(tracking: Tracking, report: Path, results: Path) -> None:
+    """The parent run gets the summary metrics per method, the report with its figures, and FINISHED."""
+    client = tracking.client()
+    metrics = summary_metrics(read_trials(results))
+    stamp = int(time.time() * 1000)
+    items = [Metric(k, v, stamp, 0) for k, v in sorted(metrics.items())]
+    for start in range(0, len(items), 500):
+        client.log_batch(tracking.parent_run_id, metrics=items[start : start + 500])
+    for path in sorted(report.iterdir()) if report.is_dir() else []:
+        if path.is_file():
+            client.log_artifact(tracking.parent_run_id, str(path), artifact_path="report")
+    client.set_terminated(tracking.parent_run_id, status="FINISHED")

@@ -8,8 +8,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from widthtune.models.cost import CONVENTIONS, CostModel
+from widthtune.models.match import COST_TOLERANCE
 
 ABSOLUTE_KEYS = CONVENTIONS
+# what a cost target may say besides its value
+SETTINGS = ("convention", "tolerance")
 SUFFIXES = {"": 1.0, "k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
 _NUMBER = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([kKMGT]?)\s*$")
 
@@ -21,6 +24,7 @@ class CostTarget:
     value: float
     convention: str
     label: str
+    tolerance: float = COST_TOLERANCE
 
 
 def parse_quantity(field: str, value: Any) -> float:
@@ -40,8 +44,8 @@ def parse_quantity(field: str, value: Any) -> float:
 
 
 def check_cost_target(target: Mapping[str, Any]) -> None:
-    """Exactly one of ratio/macs/flops/lwdna/params, plus an optional convention for ratios."""
-    keys = [k for k in target if k != "convention"]
+    """Exactly one of ratio/macs/flops/lwdna/params, an optional convention for ratios, an optional tolerance."""
+    keys = [k for k in target if k not in SETTINGS]
     allowed = ", ".join(("ratio", *ABSOLUTE_KEYS))
     if len(keys) != 1 or keys[0] not in ("ratio", *ABSOLUTE_KEYS):
         raise ValueError(f"cost_target: {dict(target)!r} needs exactly one of: {allowed}")
@@ -54,6 +58,11 @@ def check_cost_target(target: Mapping[str, Any]) -> None:
         raise ValueError(
             "cost_target.convention: only a ratio takes a convention; an absolute key names its own"
         )
+    tolerance = target.get("tolerance", COST_TOLERANCE)
+    if isinstance(tolerance, bool) or not isinstance(tolerance, int | float) or not 0 < tolerance < 0.5:
+        raise ValueError(
+            f"cost_target.tolerance: {tolerance!r} is not allowed; choose a fraction in (0, 0.5), e.g. 0.01 for 1%"
+        )
 
 
 def resolve_cost_target(target: Mapping[str, Any] | None, cost_model: CostModel) -> CostTarget | None:
@@ -61,10 +70,12 @@ def resolve_cost_target(target: Mapping[str, Any] | None, cost_model: CostModel)
     if not target:
         return None
     check_cost_target(target)
-    (key,) = [k for k in target if k != "convention"]
+    (key,) = [k for k in target if k not in SETTINGS]
+    tolerance = float(target.get("tolerance", COST_TOLERANCE))
     if key == "ratio":
         convention = target.get("convention", "macs")
         ratio = parse_quantity("cost_target.ratio", target["ratio"])
-        return CostTarget(ratio * cost_model.base()[convention], convention, f"{convention} x{ratio:g}")
+        value = ratio * cost_model.base()[convention]
+        return CostTarget(value, convention, f"{convention} x{ratio:g}", tolerance)
     value = parse_quantity(f"cost_target.{key}", target[key])
-    return CostTarget(value, key, f"{key} {target[key]}")
+    return CostTarget(value, key, f"{key} {target[key]}", tolerance)

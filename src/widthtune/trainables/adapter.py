@@ -58,8 +58,14 @@ def find_widths(task: Task, method_name: str) -> FoundWidths:
     widths, multiplier, weights = result.widths, 1.0, result.weights
     if result.match_target and task.cost_target is not None:
         current = task.cost_model.cost(widths, task.convention)
-        if abs(current - task.cost_target) > COST_TOLERANCE * task.cost_target:
-            matched = match_cost(widths, task.cost_target, task.cost_model, convention=task.convention)
+        if abs(current - task.cost_target) > task.tolerance * task.cost_target:
+            matched = match_cost(
+                widths,
+                task.cost_target,
+                task.cost_model,
+                convention=task.convention,
+                tolerance=task.tolerance,
+            )
             widths, multiplier, weights = (
                 matched.widths,
                 matched.multiplier,
@@ -188,6 +194,7 @@ def run_trial(config: dict[str, Any]) -> None:
         cost_model=cost_model,
         cost_target=target.value if target else None,
         convention=target.convention if target else "macs",
+        tolerance=target.tolerance if target else COST_TOLERANCE,
         params=trial.params,
         trial_params=trial.flat,
         seed=trial.seed,
@@ -199,7 +206,19 @@ def run_trial(config: dict[str, Any]) -> None:
         with checkpoint.as_directory() as directory:
             resume, found = _load_state(Path(directory), task)
     else:
-        found = find_widths(task, trial.method)
+        try:
+            found = find_widths(task, trial.method)
+        except ValueError as error:
+            # a property of the configuration (a target out of reach, a bad setting): end the trial, no retry
+            tune.report(
+                {
+                    "error": f"{type(error).__name__}: {error}",
+                    "val_acc": 0.0,
+                    "val_loss": ERRORED_LOSS,
+                    "epoch": 0,
+                }
+            )
+            return
     artifact = make_artifact(
         trial.model,
         found.widths,

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from widthtune.models.cost import CostModel
+from widthtune.models.match import COST_TOLERANCE
 from widthtune.models.space import ChannelSpace
 from widthtune.models.spec import ModelSpec
 from widthtune.models.widths import Widths
@@ -32,6 +33,7 @@ class Task:
     cost_model: CostModel
     cost_target: float | None
     convention: str = "macs"
+    tolerance: float = COST_TOLERANCE
     params: Mapping[str, Any] = field(default_factory=dict)
     trial_params: Mapping[str, Any] = field(default_factory=dict)
     seed: int = 0

@@ -7,12 +7,13 @@ Data on disk is checked by `training`, retraining settings by `trainables.retrai
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import Any
 
 from widthtune.models.registry import canonical_spec, channel_space, resolve_options
 from widthtune.models.space import ChannelSpace
-from widthtune.models.spec import ModelSpec
+from widthtune.models.spec import ModelSpec, parse_spec
 from widthtune.platform.config.schema import (
     OBJECTIVES,
     PBT_MUTABLE,
@@ -20,6 +21,7 @@ from widthtune.platform.config.schema import (
     ExperimentConfig,
     MethodEntry,
 )
+from widthtune.platform.tracking_uri import check_tracking_uri
 from widthtune.search_spaces.cost_target import check_cost_target, parse_quantity
 from widthtune.search_spaces.domains import Domain, is_space, split_spaces
 from widthtune.search_spaces.projections import AXES, EXTRAPOLATIONS, Projection, ProjectionError
@@ -97,6 +99,38 @@ def _check_dataclass(cls: type, section: str, values: dict[str, Any], fixed: dic
             raise ConfigError(f"{section}: {error}") from None
 
 
+def aligned(config: ExperimentConfig) -> ExperimentConfig:
+    """The config with one resolution for the model and the data: the model is priced at what it trains on.
+
+    The data's resolution sets the model's when the model spec leaves it out; the model's (given or its
+    family's default) sets the data's when the data section leaves it out; two different values are an error.
+    """
+    try:
+        spec = parse_spec(config.model)
+        options = resolve_options(spec)
+        channel_space(spec)
+    except ValueError:
+        return config  # check() names what is wrong with the model
+    data = config.data.get("resolution")
+    if is_space(data):
+        raise ConfigError(
+            "data.resolution: give a value, not a space; the model is built and priced at the data's resolution"
+        )
+    model = spec.kwargs.get("resolution")
+    if data is not None and model is not None and data != model:
+        raise ConfigError(
+            f"data.resolution: {data!r} differs from the model's resolution={model}; a model is priced and "
+            "exported at the resolution it trains on, so give one of them (or both the same)"
+        )
+    resolution = data if data is not None else options["resolution"]
+    return config.model_copy(
+        update={
+            "model": str(spec.with_options(resolution=resolution)),
+            "data": {**config.data, "resolution": resolution},
+        }
+    )
+
+
 def check(config: ExperimentConfig) -> None:
     """Every check that needs models, data, methods or Tune; the first problem is a ConfigError naming its field."""
     if not config.entries:
@@ -120,7 +154,7 @@ def check(config: ExperimentConfig) -> None:
     if config.cost_target is not None:
         check_cost_target(config.cost_target)
         for key, value in config.cost_target.items():
-            if key == "convention":
+            if key in ("convention", "tolerance"):
                 continue
             _, domains = split_spaces({key: value}, "cost_target")
             values = domains[f"cost_target.{key}"].candidates() if domains else (value,)
@@ -137,6 +171,7 @@ def check(config: ExperimentConfig) -> None:
         _check_method(config, entry, label, space)
     _check_retrain(config)
     _check_distill(config)
+    _check_storage(config)
     if config.kind == "transfer":
         _check_transfer(config, spec)
     elif config.transfer is not None:
@@ -150,6 +185,26 @@ def _retrain_modes(section: dict[str, Any], where: str) -> list[str]:
         return retrain_modes(section, where)
     except ValueError as error:
         raise ConfigError(str(error)) from None
+
+
+def _check_storage(config: ExperimentConfig) -> None:
+    """Local storage is (or can become) a writable folder; the tracking URI is one MLflow can use."""
+    for field, value in (("storage", config.storage), ("local_dir", config.local_dir)):
+        if "://" in value:
+            continue
+        path = Path(value).expanduser()
+        existing = next(p for p in (path, *path.parents) if p.exists())
+        if not existing.is_dir():
+            raise ConfigError(
+                f"{field}: {value!r} cannot be a folder: {str(existing)!r} is a file; give a folder path"
+            )
+        if not os.access(existing, os.W_OK):
+            raise ConfigError(f"{field}: {str(existing)!r} is not writable; give a folder you can write to")
+    if config.tracking_uri is not None:
+        try:
+            check_tracking_uri(config.tracking_uri, reach=False)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
 
 
 def _check_retrain(config: ExperimentConfig) -> None:
@@ -257,12 +312,6 @@ def _check_transfer(config: ExperimentConfig, spec: ModelSpec) -> None:
                 f"methods: {entry.name} does not optimise widths, so there is nothing to transfer "
                 f"(uniform is a baseline already); list width optimisers: {optimisers}"
             )
-    resolution = resolve_options(spec)["resolution"]
-    if config.data.get("resolution") not in (None, resolution):
-        raise ConfigError(
-            f"data.resolution: {config.data['resolution']!r} differs from the model's resolution={resolution}; "
-            "a transfer study prices widths and overhead at the model's resolution, so give both the same"
-        )
     for section in ("data", "cost_target"):
         _, domains = split_spaces(getattr(config, section) or {}, section)
         if domains:

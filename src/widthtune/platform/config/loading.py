@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from widthtune.platform.config.checks import check
+from widthtune.platform.config.checks import aligned, check
 from widthtune.platform.config.schema import ConfigError, ExperimentConfig
 from widthtune.search_spaces.domains import DomainError
 
@@ -75,6 +75,7 @@ def validate_config(raw: dict[str, Any]) -> ExperimentConfig:
     except ValidationError as error:
         raise ConfigError(_format_pydantic(error)) from None
     try:
+        config = aligned(config)
         check(config)
     except (DomainError, ValueError, KeyError, TypeError) as error:
         if isinstance(error, ConfigError):
