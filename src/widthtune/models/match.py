@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from widthtune.models.cost import CostModel
-from widthtune.models.widths import Widths, smallest_width
+from widthtune.models.widths import MAX_WIDTH_RATIO, Widths, largest_width, smallest_width
 
 # relative multiplier offsets tried when rounding around the bisected multiplier misses the tolerance
 NEIGHBOUR_STEPS = tuple(sign * k / 100 for k in range(1, 31) for sign in (1, -1))
@@ -40,7 +40,7 @@ def match_cost(
     *,
     convention: str = "macs",
     tolerance: float = 0.005,
-    max_multiplier: float = 64.0,
+    max_multiplier: float = float(MAX_WIDTH_RATIO),
 ) -> CostMatch:
     """Scale `shape` by one multiplier (rounded to each group's divisor) until its cost is `target` +- tolerance."""
     space = cost_model.space
@@ -51,9 +51,11 @@ def match_cost(
         raise CostTargetError(f"cost target must be positive, got {target}")
     divisors = np.asarray([g.divisor for g in space], dtype=np.float64)
     floors = np.asarray([smallest_width(g) for g in space], dtype=np.float64)
+    ceilings = np.asarray([largest_width(g) for g in space], dtype=np.float64)  # what Widths accepts
 
     def widths_at(multiplier: float) -> np.ndarray:
-        return np.maximum(floors, np.floor(shape_values * multiplier / divisors + 0.5) * divisors)
+        rounded = np.floor(shape_values * multiplier / divisors + 0.5) * divisors
+        return np.clip(rounded, floors, ceilings)
 
     def cost_at(multiplier: float) -> float:
         return float(cost_model.cost(widths_at(multiplier), convention))
@@ -63,7 +65,7 @@ def match_cost(
     if target < low_cost * (1 - tolerance) or target > high_cost * (1 + tolerance):
         raise CostTargetError(
             f"{convention} target {target:,.0f} is out of reach: this shape spans {low_cost:,.0f} (every group at its "
-            f"minimum) to {high_cost:,.0f} (x{max_multiplier:g})"
+            f"minimum) to {high_cost:,.0f} (x{max_multiplier:g}, each group at most {MAX_WIDTH_RATIO}x its base)"
         )
     low, high = 0.0, max_multiplier
     for _ in range(100):  # smallest multiplier whose cost reaches the target
@@ -77,7 +79,15 @@ def match_cost(
     candidates = [m for m in (low, high) if m > 0] or [high]
     best = min(candidates, key=lambda m: abs(cost_at(m) - target))
     values = _refine_rounding(
-        widths_at(best), shape_values * best, divisors, floors, target, cost_model, convention, tolerance
+        widths_at(best),
+        shape_values * best,
+        divisors,
+        floors,
+        ceilings,
+        target,
+        cost_model,
+        convention,
+        tolerance,
     )
     cost = float(cost_model.cost(values, convention))
     # on small networks the floor/ceil choice around one multiplier may not bridge a step: try neighbours
@@ -90,6 +100,7 @@ def match_cost(
             shape_values * multiplier,
             divisors,
             floors,
+            ceilings,
             target,
             cost_model,
             convention,
@@ -112,6 +123,7 @@ def _refine_rounding(
     exact: np.ndarray,
     divisors: np.ndarray,
     floors: np.ndarray,
+    ceilings: np.ndarray,
     target: float,
     cost_model: CostModel,
     convention: str,
@@ -123,8 +135,8 @@ def _refine_rounding(
     jumps in steps larger than the tolerance; choosing floor or ceil per group keeps every width within one
     divisor of multiplier x shape and fills in those steps.
     """
-    down = np.maximum(floors, np.floor(exact / divisors) * divisors)
-    up = np.maximum(floors, np.ceil(exact / divisors) * divisors)
+    down = np.clip(np.floor(exact / divisors) * divisors, floors, ceilings)
+    up = np.clip(np.ceil(exact / divisors) * divisors, floors, ceilings)
     values = values.copy()
     error = abs(float(cost_model.cost(values, convention)) - target)
     for _ in range(len(values) * 2):
