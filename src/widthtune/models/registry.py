@@ -200,7 +200,7 @@ def _model_maker(spec: ModelSpec, candidate: object) -> Callable[..., nn.Module]
     if inspect.isfunction(candidate):
         return candidate
     raise SpecError(
-        f"python:{spec.target} is a {type(candidate).__name__}, not an nn.Module class or a Python function "
+        f"python:{spec.target} is a {type(candidate).__name__!r} object, not an nn.Module class or a Python function "
         "that returns an nn.Module"
     )
 
