@@ -329,11 +329,11 @@ def list_experiments(
 
     Example: widthtune ls runs
     """
+    if not storage.is_dir():
+        raise InputError(f"storage folder {str(storage)!r} does not exist")
     from widthtune.platform.runner import STATE_FILE, read_state
     from widthtune.platform.store import read_trials
 
-    if not storage.is_dir():
-        raise InputError(f"storage folder {str(storage)!r} does not exist")
     table = Table("experiment", "kind", "studies done", "trials", "completed", "stopped", "errored", "path")
     for path in sorted(p.parent for p in storage.glob(f"*/{STATE_FILE}")):
         state = read_state(path)
