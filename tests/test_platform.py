@@ -156,7 +156,9 @@ def test_each_scheduler_runs_a_sweep(tmp_path, scheduler):
         num_samples=1,
     )
     rows = read_trials(directory / "results")
-    assert len(rows) == 3 and {r["status"] for r in rows} <= {"completed", "stopped"}, [r["error"] for r in rows]
+    assert len(rows) == 3 and {r["status"] for r in rows} <= {"completed", "stopped"}, [
+        r["error"] for r in rows
+    ]
 
 
 def test_cli_ls_and_report_read_the_store(tmp_path, capsys):

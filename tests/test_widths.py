@@ -88,3 +88,23 @@ def test_numpy_numbers_are_accepted(space):
     mapping = {name: np.int64(w) for name, w in Widths.base(space).as_dict().items()}
     widths = Widths.from_mapping(space, mapping)
     assert widths == Widths.base(space) and all(type(v) is int for v in widths.values)
+
+
+def test_widths_stop_at_64x_the_base_and_cost_matching_stays_inside(space):
+    from widthtune.models.match import CostTargetError, match_cost
+    from widthtune.models.widths import MAX_WIDTH_RATIO, largest_width
+
+    group = space["stem"]
+    assert largest_width(group) == MAX_WIDTH_RATIO * group.base  # the base is a multiple of the divisor 8
+    with pytest.raises(
+        WidthsError, match=rf"'stem' is 1000000000, above its maximum {64 * group.base} \(64x"
+    ):
+        Widths.from_mapping(space, {**Widths.base(space).as_dict(), "stem": 1e9})
+    Widths.from_mapping(space, {**Widths.base(space).as_dict(), "stem": largest_width(group)})
+    cost_model = CostModel.from_spec(SPEC)
+    wide = {**Widths.base(space).as_dict(), "stem": 4 * group.base}  # a shape that would pass 64x first
+    top = cost_model.evaluate(Widths.from_mapping(space, {g.name: largest_width(g) for g in space}))
+    with pytest.raises(CostTargetError, match="at most 64x its base"):
+        match_cost(wide, 2.0 * top.macs, cost_model)
+    matched = match_cost(wide, 0.5 * top.macs, cost_model)
+    assert all(w <= largest_width(g) for g, w in zip(space, matched.widths.values, strict=True))

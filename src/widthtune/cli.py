@@ -1,4 +1,8 @@
-"""The `widthtune` command."""
+"""The `widthtune` command.
+
+Light at start-up: `--help`, `--version` and `models` import no torch, Ray or MLflow; each command imports what
+it needs when it runs.
+"""
 
 from __future__ import annotations
 
@@ -10,55 +14,88 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer._click.exceptions import ClickException  # the click that typer vendors and raises
 
-from widthtune.models import FAMILIES, canonical_spec, channel_space
-from widthtune.models.artifact import load_widths, make_artifact
-from widthtune.models.cost import CONVENTIONS
-from widthtune.models.dependency import UnsupportedModelError
-from widthtune.models.export import FORMATS, export_model
-from widthtune.models.match import CostTargetError
+import widthtune
 from widthtune.models.spec import SpecError
-from widthtune.models.surgery import SurgeryError
 from widthtune.models.widths import Widths, WidthsError
-from widthtune.platform.config import ConfigError
 from widthtune.platform.interruption import ExperimentInterrupted
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    help="Search the layer-wise widths of convolutional networks.",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    help="Search the layer-wise widths of convolutional networks.\n\nStart with: widthtune quickstart",
 )
-# Errors that mean "the input is wrong", reported as one line with exit status 2.
-USER_ERRORS = (
-    SpecError,
-    WidthsError,
-    SurgeryError,
-    CostTargetError,
-    UnsupportedModelError,
-    FileNotFoundError,
-)
+# the panel of the model tools; the experiment commands come first, under "Commands"
+MODELS_PANEL = "Models and widths"
 
-SpecArgument = Annotated[
-    str,
-    typer.Argument(
-        help="family:key=value,... (e.g. resnet_cifar:depth=56,shortcut=C), torchvision:NAME or python:FILE.py:FACTORY"
-    ),
-]
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"widthtune {widthtune.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Search the layer-wise widths of convolutional networks."""
+
+
+# Errors that mean "the input is wrong" (one line, exit status 2), named by module: an error can only have been
+# raised once its module is loaded, so telling them apart needs no import (most of these modules import torch).
+USER_ERRORS = (
+    ("widthtune.platform.config", "ConfigError"),
+    ("widthtune.models.surgery", "SurgeryError"),
+    ("widthtune.models.match", "CostTargetError"),
+    ("widthtune.models.dependency", "UnsupportedModelError"),
+    ("widthtune.models.export", "ExportError"),
+    ("widthtune.analysis.trained", "TrainedTrialError"),
+)
 
 
 class InputError(ValueError):
     """A command-line value outside what is allowed."""
 
 
+class RunFailed(RuntimeError):
+    """An experiment ran, but nothing it was for came out (every trial errored, or a study could not start)."""
+
+
+def _is_user_error(error: BaseException) -> bool:
+    """Whether an error means bad input (reported in one line) rather than a fault (a traceback)."""
+    if isinstance(error, InputError | SpecError | WidthsError | FileNotFoundError):
+        return True
+    return any(
+        module in sys.modules and isinstance(error, getattr(sys.modules[module], name))
+        for module, name in USER_ERRORS
+    )
+
+
+SpecArgument = Annotated[
+    str,
+    typer.Argument(
+        metavar="SPEC",
+        help="family:key=value,... (e.g. resnet_cifar:depth=56,shortcut=C), torchvision:NAME or python:FILE.py:FACTORY",
+    ),
+]
+
+
 def _artifact(spec: str, widths: Path | None):
+    from widthtune.models.artifact import load_widths, make_artifact
+    from widthtune.models.registry import channel_space
+
     if widths is None:
-        space = channel_space(spec)
-        return make_artifact(spec, Widths.base(space), method="base")
+        return make_artifact(spec, Widths.base(channel_space(spec)), method="base")
     return load_widths(widths, spec)
 
 
-@app.command()
+@app.command(rich_help_panel=MODELS_PANEL)
 def flops(
     spec: SpecArgument,
     widths: Annotated[
@@ -67,7 +104,12 @@ def flops(
     convention: Annotated[str, typer.Option(help="macs (default), flops or lwdna")] = "macs",
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
-    """Cost (MACs, FLOPs, LW-DNA FLOPs, params) and channel groups of a model at some widths."""
+    """Cost (MACs, FLOPs, LW-DNA FLOPs, params) and channel groups of a model at some widths.
+
+    Example: widthtune flops resnet_cifar:depth=20 --widths runs/NAME/trials/KEY/widths.json
+    """
+    from widthtune.models.cost import CONVENTIONS
+
     if convention not in CONVENTIONS or convention == "params":
         raise InputError(f"--convention {convention!r} is not one of: macs, flops, lwdna")
     artifact = _artifact(spec, widths)
@@ -102,27 +144,100 @@ def flops(
     console.print(table)
 
 
-@app.command()
+def _is_folder_source(source: str) -> bool:
+    """Whether export's SOURCE names a folder (a trial or an experiment) rather than a model spec."""
+    from widthtune.models.catalog import CATALOG
+
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return True
+    if ":" not in source and source.strip() not in CATALOG:
+        raise InputError(
+            f"export: {source!r} is no folder and no model spec; give a trial folder, an experiment folder "
+            f"with --best, or a spec such as resnet_cifar:depth=20 (families: {', '.join(CATALOG)})"
+        )
+    return False
+
+
+@app.command(rich_help_panel=MODELS_PANEL)
 def export(
-    spec: SpecArgument,
-    widths: Annotated[Path, typer.Option(help="widths JSON (artifact or {group: width})")],
+    source: Annotated[
+        str,
+        typer.Argument(
+            metavar="SOURCE",
+            help="a trial folder (its trained weights), an experiment folder with --best, "
+            "or a model spec (random weights)",
+        ),
+    ],
     format: Annotated[str, typer.Option("--format", help="torchscript or onnx")],
     out: Annotated[Path, typer.Option(help="output file")],
-    seed: Annotated[int, typer.Option(help="seed of the fresh weights")] = 0,
+    best: Annotated[
+        bool, typer.Option("--best", help="SOURCE is an experiment folder: export its best completed trial")
+    ] = False,
+    widths: Annotated[
+        Path | None,
+        typer.Option(help="with a spec: widths JSON (artifact or {group: width}); default: the base widths"),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="with a spec: seed of the random weights")] = 0,
 ) -> None:
-    """Write the architecture at these widths as a deployable TorchScript or ONNX file."""
+    """Write a trained trial's model (or an untrained architecture) as a TorchScript or ONNX file.
+
+    Example: widthtune export runs/NAME --best --format onnx --out best.onnx
+
+    Example: widthtune export runs/NAME/trials/KEY --format torchscript --out model.pt
+
+    Example (random weights): widthtune export resnet_cifar:depth=20 --widths w.json --format onnx --out m.onnx
+    """
+    from widthtune.models.export import FORMATS, check_output
+
     if format not in FORMATS:
         raise InputError(f"--format {format!r} is not one of: {', '.join(FORMATS)}")
-    artifact = load_widths(widths, spec)
+    check_output(out)
+    if _is_folder_source(source):
+        if widths is not None:
+            raise InputError("--widths goes with a model spec; a trial folder carries its own widths")
+        _export_trained(Path(source), best, format, out)
+        return
+    if best:
+        raise InputError(f"--best needs an experiment folder; {source!r} is not a folder")
+    from widthtune.models.export import export_model
+
+    artifact = _artifact(source, widths)
     path = export_model(artifact, format, out, seed=seed)
-    print(f"wrote {path} ({format}, {artifact.cost.macs:,} MACs, {artifact.cost.params:,} params)")
+    print(
+        f"wrote {path} ({format}, RANDOM weights (seed {seed}), not trained; "
+        f"{artifact.cost.macs:,} MACs, {artifact.cost.params:,} params)"
+    )
 
 
-@app.command()
+def _export_trained(source: Path, best: bool, format: str, out: Path) -> None:
+    """Export the trained weights of a trial folder, or of an experiment's best trial."""
+    from widthtune.analysis.trained import best_trial, trained_state, trial_from_folder
+    from widthtune.models.artifact import make_artifact
+    from widthtune.models.export import export_model
+
+    trial = best_trial(source) if best else trial_from_folder(source)
+    weights, epoch = trained_state(trial)
+    artifact = make_artifact(trial.spec, trial.widths, method="trained", provenance={"trial": trial.name})
+    where = {"trial": trial.name, "checkpoint": str(trial.checkpoint.parent), "epoch": epoch, **trial.score}
+    path = export_model(artifact, format, out, weights=weights, source=where)
+    scores = "".join(f", {metric} {value:.4f}" for metric, value in trial.score.items())
+    print(
+        f"wrote {path} ({format}, trained weights of trial {trial.name} after epoch {epoch}{scores}; "
+        f"{artifact.cost.macs:,} MACs, {artifact.cost.params:,} params)"
+    )
+
+
+@app.command(rich_help_panel=MODELS_PANEL)
 def models() -> None:
-    """List model families and their options."""
+    """List model families and their options.
+
+    Example: widthtune models
+    """
+    from widthtune.models.catalog import CATALOG
+
     table = Table("family", "what", "options (defaults)")
-    for family in FAMILIES.values():
+    for family in CATALOG.values():
         options = ", ".join(f"{k}={v}" for k, v in family.defaults.items())
         table.add_row(
             family.name, family.summary, options + (", + factory kwargs" if family.open_options else "")
@@ -130,7 +245,7 @@ def models() -> None:
     Console().print(table)
 
 
-@app.command()
+@app.command(rich_help_panel=MODELS_PANEL)
 def methods() -> None:
     """List the methods, what each does, and its hyperparameters with their defaults.
 
@@ -147,9 +262,15 @@ def methods() -> None:
     Console().print(table)
 
 
-@app.command()
+@app.command(rich_help_panel=MODELS_PANEL)
 def spec(spec: SpecArgument) -> None:
-    """Print a spec with every default written out (what artifacts record)."""
+    """Check a spec like flops does and print it with every default written out (what artifacts record).
+
+    Example: widthtune spec resnet_cifar:depth=20
+    """
+    from widthtune.models.registry import canonical_spec, channel_space
+
+    channel_space(spec)  # the model's groups are traced, so a spec that cannot be built is refused here
     print(canonical_spec(spec))
 
 
@@ -182,30 +303,56 @@ def _finish(directory: Path, write: bool = False) -> None:
     print(f"MLflow UI: {ui_command(read_state(directory)['tracking']['uri'])}")
 
 
+def _check_outcome(directory: Path) -> None:
+    """A run in which nothing trained, or a study could not start, fails (exit status 1) with one line."""
+    from widthtune.platform.runner import read_state
+    from widthtune.results.store import read_trials
+
+    rows = [r for r in read_trials(directory / "results") if r["role"] != "artifact"]
+    failed = [k for k, v in read_state(directory)["studies"].items() if v == "failed"]
+    errored = [r for r in rows if r["status"] == "errored"]
+    if rows and len(errored) == len(rows):
+        raise RunFailed(f"every trial errored ({len(rows)}); the first: {errored[0]['error']}")
+    if failed:
+        raise RunFailed(f"{len(failed)} studies could not run ({', '.join(failed)}); see the table and the report")
+
+
 @app.command()
 def run(
     config: Annotated[Path, typer.Argument(help="experiment YAML")],
     overrides: OverrideOption = None,
 ) -> None:
-    """Run an experiment: validate the config, sweep on Ray Tune, record to MLflow and Parquet, write the report."""
+    """Run an experiment: validate the config, sweep on Ray Tune, record to MLflow and Parquet, write the report.
+
+    Example: widthtune run configs/compare-digits.yaml --set train.epochs=5
+    """
     from widthtune.platform.config import load_config
     from widthtune.platform.runner import run_experiment
 
-    _finish(run_experiment(load_config(config, overrides or [])))
+    directory = run_experiment(load_config(config, overrides or []))
+    _finish(directory)
+    _check_outcome(directory)
 
 
 @app.command()
 def resume(directory: Annotated[Path, typer.Argument(help="the experiment directory")]) -> None:
-    """Continue an interrupted experiment: finished trials stay, unfinished ones resume from their checkpoints."""
+    """Continue an interrupted experiment: finished trials stay, unfinished ones resume from their checkpoints.
+
+    Example: widthtune resume runs/NAME
+    """
     from widthtune.platform.runner import execute
 
     execute(directory)
     _finish(directory.expanduser().resolve())
+    _check_outcome(directory.expanduser().resolve())
 
 
 @app.command()
 def report(directory: Annotated[Path, typer.Argument(help="the experiment directory")]) -> None:
-    """Write report.md and report.html (table, accuracy vs MACs, width profiles) from the result store."""
+    """Write report.md and report.html (table, accuracy vs MACs, width profiles) from the result store.
+
+    Example: widthtune report runs/NAME
+    """
     from widthtune.platform.runner import read_state
 
     read_state(directory)
@@ -216,12 +363,15 @@ def report(directory: Annotated[Path, typer.Argument(help="the experiment direct
 def list_experiments(
     storage: Annotated[Path, typer.Argument(help="a storage folder holding experiments")] = Path("runs"),
 ) -> None:
-    """List the experiments in a storage folder: kind, studies done, trials stored by status."""
+    """List the experiments in a storage folder: kind, studies done, trials stored by status.
+
+    Example: widthtune ls runs
+    """
+    if not storage.is_dir():
+        raise InputError(f"storage folder {str(storage)!r} does not exist")
     from widthtune.platform.runner import EXPERIMENT_FILE, read_state
     from widthtune.results.store import read_trials
 
-    if not storage.is_dir():
-        raise InputError(f"storage folder {str(storage)!r} does not exist")
     table = Table("experiment", "kind", "studies done", "trials", "completed", "stopped", "errored", "path")
     for path in sorted(p.parent for p in storage.glob(f"*/{EXPERIMENT_FILE}")):
         state = read_state(path)
@@ -246,7 +396,10 @@ def quickstart(
     storage: Annotated[Path, typer.Option(help="where the experiment folder goes")] = Path("runs"),
     overrides: OverrideOption = None,
 ) -> None:
-    """uniform vs random vs direct (Optuna TPE + ASHA) on digits at one MACs target, 2 seeds (minutes on 2 cores)."""
+    """uniform vs random vs direct (Optuna TPE + ASHA) on digits at one MACs target, 2 seeds (minutes on 2 cores).
+
+    Example: widthtune quickstart --storage runs --set train.epochs=2
+    """
     import time
 
     import yaml
@@ -261,16 +414,33 @@ def quickstart(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: user errors become one line on stderr and exit status 2, never a traceback."""
+    """Entry point: bad input becomes one line on stderr and exit status 2, never a traceback."""
+    args = sys.argv[1:] if argv is None else list(argv)
     try:
-        app(args=argv, standalone_mode=True)
-    except (InputError, ConfigError, *USER_ERRORS) as error:
-        message = str(error).strip().strip('"') or type(error).__name__
-        print(f"widthtune: error: {message}", file=sys.stderr)
-        sys.exit(2)
+        code = app(args=args or ["--help"], standalone_mode=False)
     except ExperimentInterrupted as error:
         print(f"widthtune: {error}", file=sys.stderr)
         sys.exit(130)
+    except (
+        ClickException
+    ) as error:  # a usage error: unknown option, missing argument, value of the wrong type
+        context = getattr(error, "ctx", None)
+        hint = f" (see {context.command_path} --help)" if context is not None else ""
+        print(f"widthtune: error: {' '.join(error.format_message().split())}{hint}", file=sys.stderr)
+        sys.exit(error.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        print("widthtune: interrupted; an experiment continues with `widthtune resume DIR`", file=sys.stderr)
+        sys.exit(130)
+    except RunFailed as error:
+        print(f"widthtune: error: {error}", file=sys.stderr)
+        sys.exit(1)
+    except Exception as error:
+        if not _is_user_error(error):
+            raise
+        message = " ".join(str(error).split()).strip('"') or type(error).__name__
+        print(f"widthtune: error: {message}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from widthtune.models.cost import CostModel
-from widthtune.models.widths import Widths, smallest_width
+from widthtune.models.widths import MAX_WIDTH_RATIO, Widths, largest_width, smallest_width
 
 # how close to a cost target a matched width vector must land: +- 0.5% of the target
 COST_TOLERANCE = 0.005
@@ -140,7 +140,7 @@ def match_cost(
     *,
     convention: str = "macs",
     tolerance: float = COST_TOLERANCE,
-    max_multiplier: float = 64.0,
+    max_multiplier: float = float(MAX_WIDTH_RATIO),
 ) -> CostMatch:
     """Scale `shape` by one multiplier (rounded to each group's divisor) until its cost is `target` +- tolerance."""
     space = cost_model.space
@@ -151,9 +151,11 @@ def match_cost(
         raise CostTargetError(f"cost target must be positive, got {target}")
     divisors = np.asarray([g.divisor for g in space], dtype=np.float64)
     floors = np.asarray([smallest_width(g) for g in space], dtype=np.float64)
+    ceilings = np.asarray([largest_width(g) for g in space], dtype=np.float64)  # what Widths accepts
 
     def widths_at(multiplier: float) -> np.ndarray:
-        return np.maximum(floors, np.floor(shape_values * multiplier / divisors + 0.5) * divisors)
+        rounded = np.floor(shape_values * multiplier / divisors + 0.5) * divisors
+        return np.clip(rounded, floors, ceilings)
 
     def cost_at(multiplier: float) -> float:
         return float(cost_model.cost(widths_at(multiplier), convention))
@@ -168,8 +170,8 @@ def match_cost(
             cost_model,
             convention,
             tolerance=tolerance / 4,
-            lower=np.maximum(floors, np.floor(exact / divisors) * divisors),
-            upper=np.maximum(floors, np.ceil(exact / divisors) * divisors),
+            lower=np.clip(np.floor(exact / divisors) * divisors, floors, ceilings),
+            upper=np.clip(np.ceil(exact / divisors) * divisors, floors, ceilings),
             pairs=False,
         )
 
@@ -178,7 +180,7 @@ def match_cost(
     if target < low_cost * (1 - tolerance) or target > high_cost * (1 + tolerance):
         raise CostTargetError(
             f"{convention} target {target:,.0f} is out of reach: this shape spans {low_cost:,.0f} (every group at its "
-            f"minimum) to {high_cost:,.0f} (x{max_multiplier:g})"
+            f"minimum) to {high_cost:,.0f} (x{max_multiplier:g}, each group at most {MAX_WIDTH_RATIO}x its base)"
         )
     low, high = 0.0, max_multiplier
     for _ in range(100):  # smallest multiplier whose cost reaches the target

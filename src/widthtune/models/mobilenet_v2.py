@@ -9,20 +9,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from widthtune.models.catalog import MOBILENET_V2
 from widthtune.models.initialization import kaiming_init
 from widthtune.models.space import ChannelGroup, ChannelSpace, Member
 
-DEFAULTS: dict[str, Any] = {
-    "stem": "cifar",
-    "width": 1.0,
-    "depth_mult": 1.0,
-    "num_classes": 10,
-    "resolution": 32,
-    "in_channels": 3,
-    "dropout": 0.2,
-    "divisor": 8,
-    "min_width": 8,
-}
+DEFAULTS = MOBILENET_V2.defaults
 # (expansion t, channels c, repeats n, stride s) per stage.
 IMAGENET_SETTING = (
     (1, 16, 1, 1),

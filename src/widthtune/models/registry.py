@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.util
+import inspect
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -15,27 +16,55 @@ import torch
 from torch import nn
 
 from widthtune.models import mobilenet_v2, repvgg, resnet, resnet_cifar, vgg_cifar
+from widthtune.models.catalog import (
+    INPUT_OPTIONS,
+    MOBILENET_V2,
+    PYTHON,
+    REPVGG,
+    RESNET,
+    RESNET_CIFAR,
+    TORCHVISION,
+    VGG_CIFAR,
+    FamilyEntry,
+)
 from widthtune.models.dependency import UnsupportedModelError, dependency_space
 from widthtune.models.space import ChannelSpace
 from widthtune.models.spec import ModelSpec, SpecError, parse_spec
 from widthtune.models.surgery import resize
-from widthtune.models.widths import Widths
+from widthtune.models.widths import MAX_WIDTH_RATIO, Widths
 
-# Options that describe the input or the space, never passed to a generic model's factory.
-INPUT_OPTIONS: dict[str, Any] = {"resolution": 224, "in_channels": 3, "divisor": 1, "min_width": 1}
+# the largest input side a spec may declare (a traced pass at it must fit in memory)
+MAX_RESOLUTION = 4096
 
 
 @dataclass(frozen=True)
 class Family:
-    """How to make one kind of model: its options with defaults, its channel space, and a builder."""
+    """How to make one kind of model: its catalogue entry (options with defaults), its channel space, a builder."""
 
-    name: str
-    defaults: Mapping[str, Any]
+    entry: FamilyEntry
     space: Callable[[Mapping[str, Any]], ChannelSpace]
     build: Callable[[Mapping[str, Any], Mapping[str, int]], nn.Module]
-    summary: str
-    open_options: bool = False
     deploy: Callable[[nn.Module], nn.Module] | None = None  # trained form -> what ships (None: the same)
+
+    @property
+    def name(self) -> str:
+        """The family's name, the part of a spec before the first ':'."""
+        return self.entry.name
+
+    @property
+    def defaults(self) -> Mapping[str, Any]:
+        """The options the family takes, with their defaults."""
+        return self.entry.defaults
+
+    @property
+    def summary(self) -> str:
+        """One line for `widthtune models`."""
+        return self.entry.summary
+
+    @property
+    def open_options(self) -> bool:
+        """Whether options beyond the defaults go on to the model's factory."""
+        return self.entry.open_options
 
 
 def _check_types(family: str, options: dict[str, Any], defaults: Mapping[str, Any]) -> None:
@@ -56,22 +85,33 @@ def _check_types(family: str, options: dict[str, Any], defaults: Mapping[str, An
     for key in ("num_classes", "resolution", "in_channels", "divisor", "min_width"):
         if key in options and (not isinstance(options[key], int) or options[key] < 1):
             raise SpecError(f"{family}: {key}={options[key]!r} must be a positive integer")
-    if "width" in options and not options["width"] > 0:
-        raise SpecError(f"{family}: width={options['width']!r} must be positive")
+    if "width" in defaults and options["width"] is not None and not 0 < options["width"] <= MAX_WIDTH_RATIO:
+        raise SpecError(f"{family}: width={options['width']!r} must be in (0, {MAX_WIDTH_RATIO}]")
+    if "resolution" in options and options["resolution"] > MAX_RESOLUTION:
+        raise SpecError(f"{family}: resolution={options['resolution']!r} must be at most {MAX_RESOLUTION}")
 
 
-def _generic_family(
-    name: str, factory: Callable[[ModelSpec], Callable[..., nn.Module]], summary: str
-) -> Family:
+def _generic_family(entry: FamilyEntry, factory: Callable[[ModelSpec], Callable[..., nn.Module]]) -> Family:
     """A family whose models come from a factory; groups come from the dependency graph of the base model."""
+    name = entry.name
 
     def base_model(options: Mapping[str, Any]) -> nn.Module:
         kwargs = {k: v for k, v in options.items() if k not in INPUT_OPTIONS and k != "__target__"}
-        target = ModelSpec(name, options["__target__"])
+        where = f"{name}:{options['__target__']}"
+        make = factory(ModelSpec(name, options["__target__"]))
         try:
-            return factory(target)(**kwargs)
+            inspect.signature(make).bind(**kwargs)
         except TypeError as error:
-            raise SpecError(f"{name}:{options['__target__']}: {error}") from None
+            raise SpecError(f"{where} does not take the options {sorted(kwargs)}: {error}") from None
+        except ValueError:  # no signature to check (some C callables): the call below says what is wrong
+            pass
+        try:
+            model = make(**kwargs)
+        except TypeError as error:
+            raise SpecError(f"{where}: {error}") from None
+        if not isinstance(model, nn.Module):
+            raise SpecError(f"{where} returned {type(model).__name__!r}, not a torch.nn.Module")
+        return model
 
     @functools.lru_cache(maxsize=32)
     def space_of(frozen: tuple[tuple[str, Any], ...]) -> ChannelSpace:
@@ -97,7 +137,7 @@ def _generic_family(
     def build(options: Mapping[str, Any], widths: Mapping[str, int]) -> nn.Module:
         return resize(base_model(options), space(options), widths)
 
-    return Family(name, dict(INPUT_OPTIONS), space, build, summary, open_options=True)
+    return Family(entry, space, build)
 
 
 def _torchvision_factory(spec: ModelSpec) -> Callable[..., nn.Module]:
@@ -112,6 +152,11 @@ def _torchvision_factory(spec: ModelSpec) -> Callable[..., nn.Module]:
     return functools.partial(torchvision.models.get_model, spec.target, weights=None)
 
 
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
+
+
 def _python_factory(spec: ModelSpec) -> Callable[..., nn.Module]:
     location, _, attribute = str(spec.target).rpartition(":")
     if location.endswith(".py") or "/" in location:
@@ -123,63 +168,63 @@ def _python_factory(spec: ModelSpec) -> Callable[..., nn.Module]:
         if module is None:
             loader_spec = importlib.util.spec_from_file_location(module_name, path)
             module = importlib.util.module_from_spec(loader_spec)
-            loader_spec.loader.exec_module(module)
+            try:
+                loader_spec.loader.exec_module(module)
+            except Exception as error:  # the user's file failed as it ran: say so in one line
+                raise SpecError(f"python:{spec.target}: running {path} raised {_one_line(error)}") from None
             sys.modules[module_name] = module
     else:
         try:
             module = importlib.import_module(location)
-        except ImportError as error:
-            raise SpecError(f"python:{spec.target}: cannot import {location!r} ({error})") from None
-    factory = getattr(module, attribute, None)
-    if not callable(factory):
-        raise SpecError(f"python:{spec.target}: {location} has no callable {attribute!r}")
-    return factory
+        except Exception as error:  # not found, or the module failed as it ran
+            raise SpecError(
+                f"python:{spec.target}: cannot import {location!r} ({_one_line(error)})"
+            ) from None
+    if not hasattr(module, attribute):
+        raise SpecError(f"python:{spec.target}: {location} has no attribute {attribute!r}")
+    return _model_maker(spec, getattr(module, attribute))
+
+
+def _model_maker(spec: ModelSpec, candidate: object) -> Callable[..., nn.Module]:
+    """Only an nn.Module subclass or a Python function is called; anything else is refused before it runs.
+
+    A class is checked before it is instantiated; a function can only be checked after it returns, so what it
+    returns must be an nn.Module (see `_generic_family`). Builtins such as `os.system`, other classes and
+    other objects never run.
+    """
+    if isinstance(candidate, type):
+        if issubclass(candidate, nn.Module):
+            return candidate
+        raise SpecError(
+            f"python:{spec.target}: class {candidate.__qualname__} is not a torch.nn.Module subclass; "
+            "name an nn.Module class or a function that returns one"
+        )
+    if inspect.isfunction(candidate):
+        return candidate
+    raise SpecError(
+        f"python:{spec.target} is a {type(candidate).__name__!r} object, not an nn.Module class or a Python function "
+        "that returns an nn.Module"
+    )
 
 
 FAMILIES: dict[str, Family] = {
-    "resnet_cifar": Family(
-        "resnet_cifar",
-        resnet_cifar.DEFAULTS,
-        resnet_cifar.channel_space,
-        resnet_cifar.build,
-        "CIFAR ResNet, depth 6n+2, shortcut A (zero-pad) or C (1x1 conv + BN)",
-    ),
-    "vgg_cifar": Family(
-        "vgg_cifar",
-        vgg_cifar.DEFAULTS,
-        vgg_cifar.channel_space,
-        vgg_cifar.build,
-        "CIFAR VGG-11/13/16/19 (Network Slimming configs)",
-    ),
-    "mobilenet_v2": Family(
-        "mobilenet_v2",
-        mobilenet_v2.DEFAULTS,
-        mobilenet_v2.channel_space,
-        mobilenet_v2.build,
-        "MobileNetV2 with stem=cifar (stride 1) or stem=imagenet",
-    ),
-    "resnet": Family(
-        "resnet",
-        resnet.DEFAULTS,
-        resnet.channel_space,
-        resnet.build,
-        "ImageNet ResNet-18/34/50/101/152 or any layers=a-b-c-d (torchvision classes)",
-    ),
-    "repvgg": Family(
-        "repvgg",
-        repvgg.DEFAULTS,
-        repvgg.channel_space,
-        repvgg.build,
-        "RepVGG-A0..A2, B0..B3 (3x3 + 1x1 + identity branches; priced merged) with stem=imagenet or cifar",
-        deploy=repvgg.reparameterize,
-    ),
-    "torchvision": _generic_family(
-        "torchvision", _torchvision_factory, "any torchvision classifier: torchvision:NAME"
-    ),
-    "python": _generic_family(
-        "python", _python_factory, "your own nn.Module factory: python:FILE.py:CALLABLE"
-    ),
+    family.name: family
+    for family in (
+        Family(RESNET_CIFAR, resnet_cifar.channel_space, resnet_cifar.build),
+        Family(VGG_CIFAR, vgg_cifar.channel_space, vgg_cifar.build),
+        Family(MOBILENET_V2, mobilenet_v2.channel_space, mobilenet_v2.build),
+        Family(RESNET, resnet.channel_space, resnet.build),
+        Family(REPVGG, repvgg.channel_space, repvgg.build, deploy=repvgg.reparameterize),
+        _generic_family(TORCHVISION, _torchvision_factory),
+        _generic_family(PYTHON, _python_factory),
+    )
 }
+
+
+def deploy(spec: ModelSpec | str, model: nn.Module) -> nn.Module:
+    """The form of a trained model that ships and is priced: the family's merge (RepVGG), else the model itself."""
+    convert = family_of(parse_spec(spec)).deploy
+    return model if convert is None else convert(model)
 
 
 def family_of(spec: ModelSpec) -> Family:
@@ -207,8 +252,8 @@ def resolve_options(spec: ModelSpec | str) -> dict[str, Any]:
         if not spec.target:
             raise SpecError(f"{family.name}: name the model, e.g. {family.summary.split(': ')[-1]}")
         options["__target__"] = spec.target
-        if family.name == "torchvision":
-            _torchvision_factory(spec)
+        # the model's maker is found and checked now (a python: spec imports its module), called later
+        (_torchvision_factory if family.name == "torchvision" else _python_factory)(spec)
     return options
 
 
@@ -248,12 +293,6 @@ def materialize(
         if seed is not None:
             torch.manual_seed(seed)
         return family_of(spec).build(options, widths)
-
-
-def deploy(spec: ModelSpec | str, model: nn.Module) -> nn.Module:
-    """The form of a trained model that ships and is priced: the family's merge (RepVGG), else the model itself."""
-    convert = family_of(parse_spec(spec)).deploy
-    return model if convert is None else convert(model)
 
 
 def create_model(

@@ -38,20 +38,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from widthtune.models.catalog import REPVGG
 from widthtune.models.initialization import kaiming_init
 from widthtune.models.space import ChannelGroup, ChannelSpace, Member
 from widthtune.models.widths import scaled_width
 
-DEFAULTS: dict[str, Any] = {
-    "variant": "A0",
-    "stem": "imagenet",
-    "width": 1.0,
-    "num_classes": 1000,
-    "resolution": 224,
-    "in_channels": 3,
-    "divisor": 1,
-    "min_width": 1,
-}
+DEFAULTS = REPVGG.defaults
 A_BLOCKS = (1, 2, 4, 14, 1)
 B_BLOCKS = (1, 4, 6, 16, 1)
 # variant -> (blocks per stage 0..4, a, b)

@@ -8,24 +8,14 @@ from typing import Any
 from torch import nn
 from torchvision.models import resnet as tv_resnet
 
+from widthtune.models.catalog import RESNET
 from widthtune.models.initialization import kaiming_init
 from widthtune.models.residual import residual_space
 from widthtune.models.space import ChannelSpace
 from widthtune.models.surgery import resize
 from widthtune.models.widths import scaled_width
 
-DEFAULTS: dict[str, Any] = {
-    "depth": 50,
-    "layers": None,
-    "block": None,
-    "width": 1.0,
-    "num_classes": 1000,
-    "resolution": 224,
-    "in_channels": 3,
-    "zero_init_residual": False,
-    "divisor": 1,
-    "min_width": 1,
-}
+DEFAULTS = RESNET.defaults
 DEPTHS = {
     18: ("basic", (2, 2, 2, 2)),
     34: ("basic", (3, 4, 6, 3)),

@@ -9,21 +9,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from widthtune.models.catalog import RESNET_CIFAR
 from widthtune.models.initialization import kaiming_init
 from widthtune.models.residual import residual_space
 from widthtune.models.space import ChannelSpace
 from widthtune.models.widths import scaled_width
 
-DEFAULTS: dict[str, Any] = {
-    "depth": 56,
-    "width": 1.0,
-    "shortcut": "C",
-    "num_classes": 10,
-    "resolution": 32,
-    "in_channels": 3,
-    "divisor": 1,
-    "min_width": 1,
-}
+DEFAULTS = RESNET_CIFAR.defaults
 STAGE_WIDTHS = (16, 32, 64)
 SHORTCUTS = ("A", "B", "C")
 

@@ -70,27 +70,38 @@ def parse_spec(text: str | ModelSpec | Mapping[str, Any]) -> ModelSpec:
     text = text.strip()
     if not text:
         raise SpecError("model spec is empty; write e.g. 'resnet_cifar:depth=56' or 'torchvision:resnet18'")
-    family, _, rest = text.partition(":")
+    family, has_rest, rest = text.partition(":")
     family = family.strip()
     target = None
     if family == "python":
         # python:path/to/file.py:factory[,k=v,...] -- the factory is the part after the last ':' before options.
-        head, _, tail = rest.partition(",")
+        head, has_options, tail = rest.partition(",")
         path, sep, factory = head.rpartition(":")
-        if not sep or not path or not factory:
+        if not sep or not path.strip() or not factory.strip():
             raise SpecError(
                 f"model spec {text!r}: write python:<file.py or module>:<callable>[,key=value,...]"
             )
-        target, rest = f"{path}:{factory}", tail
+        target, rest = f"{path.strip()}:{factory.strip()}", tail
     elif family == "torchvision":
-        head, _, rest = rest.partition(",")
+        head, has_options, rest = rest.partition(",")
         if not head.strip():
             raise SpecError(f"model spec {text!r}: write torchvision:<model name>, e.g. torchvision:resnet18")
         target = head.strip()
+    else:
+        # `family:` alone is the family at its defaults; after that, every item must be key=value
+        has_options = has_rest and rest.strip()
     options: dict[str, Any] = {}
-    for item in filter(None, (part.strip() for part in rest.split(","))):
+    for number, item in enumerate((part.strip() for part in rest.split(",")) if has_options else (), 1):
+        if not item:
+            raise SpecError(
+                f"model spec {text!r}: option {number} is empty (a stray ','); "
+                "separate key=value options by single commas"
+            )
         key, sep, value = item.partition("=")
-        if not sep or not key.strip():
+        key = key.strip()
+        if not sep or not key:
             raise SpecError(f"model spec {text!r}: option {item!r} is not key=value")
-        options[key.strip()] = parse_value(value)
+        if key in options:
+            raise SpecError(f"model spec {text!r}: option {key!r} is given twice")
+        options[key] = parse_value(value)
     return ModelSpec(family, target, tuple(sorted(options.items())))

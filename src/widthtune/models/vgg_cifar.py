@@ -8,19 +8,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from widthtune.models.catalog import VGG_CIFAR
 from widthtune.models.initialization import kaiming_init
 from widthtune.models.space import ChannelGroup, ChannelSpace, Member
 from widthtune.models.widths import scaled_width
 
-DEFAULTS: dict[str, Any] = {
-    "depth": 19,
-    "width": 1.0,
-    "num_classes": 10,
-    "resolution": 32,
-    "in_channels": 3,
-    "divisor": 1,
-    "min_width": 1,
-}
+DEFAULTS = VGG_CIFAR.defaults
 CONFIGS: dict[int, tuple[int | str, ...]] = {
     11: (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512),
     13: (64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512),

@@ -9,6 +9,11 @@ from dataclasses import dataclass
 
 from widthtune.models.space import ChannelGroup, ChannelSpace
 
+# A group's width may be at most this many times its base width. Cost matching never scales past it (its
+# largest multiplier), a conv 64x as wide on both sides already holds 4096x the base's weights, and anything
+# larger (1e9 channels) is a typo or an overflow that would otherwise surface later as an allocation crash.
+MAX_WIDTH_RATIO = 64
+
 
 class WidthsError(ValueError):
     """A width vector does not fit its channel space; the message names the group and what is allowed."""
@@ -24,6 +29,11 @@ def scaled_width(width: int, multiplier: float, divisor: int) -> int:
     return max(divisor, round(width * multiplier / divisor) * divisor)
 
 
+def largest_width(group: ChannelGroup) -> int:
+    """The widest a group may be: MAX_WIDTH_RATIO x its base, lowered to a multiple of its divisor."""
+    return max(smallest_width(group), (MAX_WIDTH_RATIO * group.base) // group.divisor * group.divisor)
+
+
 def round_width(value: float, group: ChannelGroup) -> int:
     """Nearest multiple of the group's divisor, never below the group's minimum."""
     rounded = math.floor(value / group.divisor + 0.5) * group.divisor
@@ -32,7 +42,11 @@ def round_width(value: float, group: ChannelGroup) -> int:
 
 @dataclass(frozen=True)
 class Widths(Mapping[str, int]):
-    """An immutable group -> channels mapping, always valid for its space."""
+    """An immutable group -> channels mapping, always valid for its space.
+
+    Valid means: an integer multiple of the group's divisor, at least its minimum, at most `largest_width`
+    (MAX_WIDTH_RATIO = 64 times its base width).
+    """
 
     space: ChannelSpace
     values: tuple[int, ...]
@@ -50,6 +64,11 @@ class Widths(Mapping[str, int]):
             if width % group.divisor:
                 raise WidthsError(
                     f"width of group {group.name!r} is {width}, not a multiple of its divisor {group.divisor}"
+                )
+            if width > largest_width(group):
+                raise WidthsError(
+                    f"width of group {group.name!r} is {width}, above its maximum {largest_width(group)} "
+                    f"({MAX_WIDTH_RATIO}x its base width {group.base})"
                 )
 
     @classmethod

@@ -36,12 +36,12 @@ from widthtune.platform.tracking import (
     sqlite_uri,
 )
 from widthtune.platform.tracking_uri import check_tracking_uri
+from widthtune.results.files import EXPERIMENT_FILE
 from widthtune.results.roles import ARTIFACT
 from widthtune.results.store import write_artifact, write_trial
 from widthtune.trainables.adapter import run_trial
 from widthtune.trainables.artifacts import ArtifactRecipe
 
-EXPERIMENT_FILE = "experiment.json"
 FORMAT = "widthtune.experiment"
 # what every experiment state holds
 STATE_KEYS = ("config", "config_hash", "tracking", "tune_storage", "studies")

@@ -16,7 +16,7 @@ from torch import nn
 
 from widthtune.models.artifact import WIDTHS_FILE, load_widths
 from widthtune.models.registry import materialize
-from widthtune.trainables.trial import CHECKPOINT_FILE
+from widthtune.trainables.trial import CHECKPOINT_FILE, latest_checkpoint
 
 
 def checkpoint_file(path: str | Path) -> Path:
@@ -26,12 +26,12 @@ def checkpoint_file(path: str | Path) -> Path:
         return path
     if (path / CHECKPOINT_FILE).is_file():
         return path / CHECKPOINT_FILE
-    found = sorted(path.glob(f"checkpoint_*/{CHECKPOINT_FILE}"))
-    if not found:
+    found = latest_checkpoint(path)
+    if found is None:
         raise ValueError(
             f"distill.teacher: no {CHECKPOINT_FILE} in {str(path)!r} or its checkpoint_* folders"
         )
-    return found[-1]
+    return found
 
 
 def _widths_file(checkpoint: Path) -> Path:

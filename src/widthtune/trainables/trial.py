@@ -8,8 +8,10 @@ first line uses the `TrialSpec` parsed from it. A grid value may bundle several 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from widthtune.models.registry import canonical_spec
@@ -25,6 +27,17 @@ from widthtune.training.loop import TrainConfig
 CHECKPOINT_FILE = "trial_state.pt"
 # a grid value that bundles several keys which must vary together
 BUNDLE_KEY = "bundle"
+
+
+def _checkpoint_number(folder: Path) -> int:
+    match = re.fullmatch(r"checkpoint_(\d+)", folder.name)
+    return int(match.group(1)) if match else -1
+
+
+def latest_checkpoint(trial_dir: Path) -> Path | None:
+    """The newest `checkpoint_*/trial_state.pt` of a Tune trial folder (a newest one left without it is skipped)."""
+    found = [p for p in Path(trial_dir).glob(f"checkpoint_*/{CHECKPOINT_FILE}") if p.is_file()]
+    return max(found, key=lambda p: _checkpoint_number(p.parent), default=None)
 
 
 def expand_bundle(config: Mapping[str, Any]) -> dict[str, Any]:
