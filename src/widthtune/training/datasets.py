@@ -25,6 +25,7 @@ from widthtune.training.loader import DeviceLoader, tensor_batches
 from widthtune.training.shapes import balanced_labels, render_shapes
 from widthtune.training.streaming import (
     IMAGE_SUFFIXES,
+    ClassFolder,
     FolderListing,
     SeededSamples,
     StreamedSplits,
@@ -366,7 +367,7 @@ def _decode_folders(spec: DataSpec, listing: FolderListing) -> _Raw:
         [transforms.Resize(resolution), transforms.CenterCrop(resolution), transforms.ToTensor()]
     )
 
-    def read(folder, labels: Tensor) -> Tensor:
+    def read(folder: ClassFolder, labels: Tensor) -> Tensor:
         samples = SeededSamples(folder, torch.arange(len(labels)), decode)
         loader = StreamLoader(samples, 256, shuffle=False, workers=spec.worker_count, persistent=False)
         return torch.cat([images for images, _ in loader])
