@@ -36,6 +36,7 @@ fast: $(STAMP)
 ## make bench: the benchmarks (figures printed as ratios against a same-run baseline)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/cost_model.py
+	$(BIN)/python benchmarks/data.py
 	RAY_AUTH_MODE=disabled $(BIN)/python benchmarks/overhead.py
 
 clean:

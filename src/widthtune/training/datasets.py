@@ -1,14 +1,17 @@
-"""Datasets as in-memory tensors: the embedded `digits`, procedural `shapes`, CIFAR and image folders from disk.
+"""Datasets: the embedded `digits`, procedural `shapes`, CIFAR and image folders (`imagefolder`, `imagenet`).
 
-Every dataset goes through one pipeline: resize to `resolution`, set `channels`, keep a class-balanced
-`fraction` of the training set, carve a seeded, stratified validation split out of it (searches select
-on it, never on the test set), and normalise with the training split's per-channel statistics.
+Every dataset keeps a class-balanced `fraction` of its training set and carves a seeded, stratified
+validation split out of it (searches select on it, never on the test set). Data that fits in memory is
+resized to `resolution`, set to `channels` and normalised with the training split's per-channel
+statistics, as tensors (`DatasetSplits`); an image folder too large for that is streamed from disk
+(`StreamedSplits`, the same splits as lists of files). `loader: auto` picks by the decoded size.
 """
 
 from __future__ import annotations
 
+import os
 import pickle
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,11 +19,29 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torchvision import transforms
 
+from widthtune.training.loader import DeviceLoader, tensor_batches
 from widthtune.training.shapes import balanced_labels, render_shapes
+from widthtune.training.streaming import (
+    IMAGE_SUFFIXES,
+    ClassFolder,
+    FolderListing,
+    SeededSamples,
+    StreamedSplits,
+    StreamLoader,
+    is_image,
+    list_folders,
+)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 TEST_SPLIT_SEED = 0  # the test split never moves with the experiment seed
+LOADER_CHOICES = ("auto", "memory", "stream")
+FOLDER_DATASETS = ("imagefolder", "imagenet")  # the only datasets that can be streamed
+# folders (under data.root) a folder dataset's test split may be read from, in order of preference
+TEST_FOLDERS = {"imagefolder": ("val", "test"), "imagenet": ("val",)}
+FOLDER_RESOLUTION = 224
+# `loader: auto` streams a folder whose decoded float32 tensors (train + test) would exceed this
+MEMORY_LOADER_MAX_BYTES = 4 * 2**30
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -41,6 +62,8 @@ class DataSpec:
     size: int | None = None
     num_classes: int = 10
     generator_seed: int = 0
+    loader: str = "auto"
+    workers: int | None = None
 
     def __post_init__(self) -> None:
         if self.name not in LOADERS:
@@ -61,6 +84,25 @@ class DataSpec:
             raise ValueError(f"data.size: {self.size!r} is not allowed; choose an integer >= 10")
         if not isinstance(self.num_classes, int) or self.num_classes < 2:
             raise ValueError(f"data.num_classes: {self.num_classes!r} is not allowed; choose an integer >= 2")
+        if self.loader not in LOADER_CHOICES:
+            raise ValueError(
+                f"data.loader: {self.loader!r} is not allowed; choose one of: {', '.join(LOADER_CHOICES)}"
+            )
+        if self.loader == "stream" and self.name not in FOLDER_DATASETS:
+            raise ValueError(
+                f"data.loader: 'stream' reads image files from disk, which only {' and '.join(FOLDER_DATASETS)} "
+                f"are; {self.name} is held in memory (choose auto or memory)"
+            )
+        if self.workers is not None and (not isinstance(self.workers, int) or self.workers < 0):
+            raise ValueError(
+                f"data.workers: {self.workers!r} is not allowed; choose an integer >= 0 "
+                "(0 reads in the training process; unset: the trial's CPUs)"
+            )
+
+    @property
+    def worker_count(self) -> int:
+        """Loader worker processes: `workers`, or as many as the CPUs this process trains with (a trial's)."""
+        return self.workers if self.workers is not None else torch.get_num_threads()
 
 
 @dataclass(frozen=True, eq=False)
@@ -87,6 +129,35 @@ class DatasetSplits:
     def resolution(self) -> int:
         """Input height (= width)."""
         return self.train_x.shape[2]
+
+    def train_batches(
+        self,
+        batch_size: int,
+        *,
+        augment: str,
+        drop_last: bool = False,
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+    ) -> DeviceLoader:
+        """Shuffled, augmented training batches from tensors on the device."""
+        return DeviceLoader(
+            self.train_x,
+            self.train_y,
+            batch_size,
+            shuffle=True,
+            augment=augment,
+            drop_last=drop_last,
+            seed=seed,
+            device=device,
+        )
+
+    def eval_batches(
+        self, split: str, batch_size: int, device: str | torch.device = "cpu"
+    ) -> Iterator[tuple[Tensor, Tensor]]:
+        """The `val` or `test` split in order (the caller moves each batch to its device)."""
+        if split not in ("val", "test"):
+            raise ValueError(f"split: {split!r} is not allowed; choose val or test")
+        return tensor_batches(getattr(self, f"{split}_x"), getattr(self, f"{split}_y"), batch_size)
 
 
 @dataclass(frozen=True)
@@ -180,24 +251,34 @@ def _read_cifar_batch(path: Path, label_key: bytes) -> dict:
     return batch
 
 
+def _cifar_base(spec: DataSpec) -> Path:
+    """The folder holding the dataset's python batches; the one-line error says what data.root must hold."""
+    folder, files = CIFAR_FILES[spec.name]
+    expected = (
+        f"{folder}/ with {', '.join(files)} "
+        "(the python version from https://www.cs.toronto.edu/~kriz/cifar.html, extracted)"
+    )
+    root = _need_root(spec, expected)
+    if not root.is_dir():
+        raise DatasetNotFoundError(f"data.root: {str(root)!r} is not a folder; it must hold {expected}")
+    base = root if (root / files[-1]).is_file() else root / folder
+    missing = [name for name in files if not (base / name).is_file()]
+    if missing:
+        which = "" if len(missing) == len(files) else f"; missing {', '.join(missing)} in {base}"
+        raise DatasetNotFoundError(
+            f"data.root: {str(root)!r} does not hold {spec.name}; it must hold {expected}{which}"
+        )
+    return base
+
+
 def _cifar(
     spec: DataSpec,
-    folder: str,
     train_files: tuple[str, ...],
     test_file: str,
     label_key: bytes,
     num_classes: int,
 ) -> _Raw:
-    files = ", ".join((*train_files, test_file))
-    expected = f"{folder}/ ({files}) -- the python version from https://www.cs.toronto.edu/~kriz/cifar.html, extracted"
-    root = _need_root(spec, expected)
-    base = root if (root / test_file).is_file() else root / folder
-    missing = [name for name in (*train_files, test_file) if not (base / name).is_file()]
-    if missing:
-        raise DatasetNotFoundError(
-            f"data.root: {spec.name} needs {base}/{{{files}}}; missing {', '.join(missing)} "
-            f"(extract cifar's python version so that {root}/{folder}/ holds them)"
-        )
+    base = _cifar_base(spec)
 
     def read(names: tuple[str, ...]) -> tuple[Tensor, Tensor]:
         batches = [_read_cifar_batch(base / name, label_key) for name in names]
@@ -211,8 +292,6 @@ def _cifar(
     return _Raw(train_x, train_y, test_x, test_y, num_classes, 32)
 
 
-# datasets read from data.root
-DISK_DATASETS = ("cifar10", "cifar100", "imagefolder")
 # dataset -> (folder, training files..., test file)
 CIFAR_FILES: dict[str, tuple[str, tuple[str, ...]]] = {
     "cifar10": ("cifar-10-batches-py", (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch")),
@@ -221,55 +300,90 @@ CIFAR_FILES: dict[str, tuple[str, tuple[str, ...]]] = {
 
 
 def _cifar10(spec: DataSpec) -> _Raw:
-    folder, files = CIFAR_FILES["cifar10"]
-    return _cifar(spec, folder, files[:-1], files[-1], b"labels", 10)
+    files = CIFAR_FILES["cifar10"][1]
+    return _cifar(spec, files[:-1], files[-1], b"labels", 10)
 
 
 def _cifar100(spec: DataSpec) -> _Raw:
-    folder, files = CIFAR_FILES["cifar100"]
-    return _cifar(spec, folder, files[:-1], files[-1], b"fine_labels", 100)
+    files = CIFAR_FILES["cifar100"][1]
+    return _cifar(spec, files[:-1], files[-1], b"fine_labels", 100)
+
+
+def _holds_image(folder: Path) -> bool:
+    """Whether any image lies under `folder` (stops at the first)."""
+    return any(is_image(name) for _, _, names in os.walk(folder, followlinks=True) for name in names)
+
+
+def _class_folders(folder: Path) -> list[str]:
+    return sorted(entry.name for entry in os.scandir(folder) if entry.is_dir())
+
+
+def _folder_dirs(spec: DataSpec) -> tuple[Path, Path]:
+    """The training and test folders of a folder dataset, their layout checked (nothing is decoded)."""
+    tests = TEST_FOLDERS[spec.name]
+    layout = f"train/<class>/ and {tests[0]}/<class>/" + "".join(f" (or {t}/<class>/)" for t in tests[1:])
+    root = _need_root(spec, f"{layout} with images")
+    wanted = f"{spec.name} needs {root}/{layout} holding images ({', '.join(IMAGE_SUFFIXES)})"
+    if not root.is_dir():
+        raise DatasetNotFoundError(f"data.root: {str(root)!r} is not a folder; {wanted}")
+    train_dir = root / "train"
+    test_dir = next((root / name for name in tests if (root / name).is_dir()), None)
+    if not train_dir.is_dir() or test_dir is None:
+        missing = [] if train_dir.is_dir() else ["train/"]
+        missing += [] if test_dir else [" or ".join(f"{name}/" for name in tests)]
+        raise DatasetNotFoundError(f"data.root: {wanted}; there is no {' and no '.join(missing)}")
+    classes = _class_folders(train_dir)
+    if len(classes) < 2:
+        raise DatasetNotFoundError(
+            f"data.root: {train_dir} holds {len(classes)} class folders, at least 2 are needed; {wanted}"
+        )
+    empty = [name for name in classes if not _holds_image(train_dir / name)]
+    if empty:
+        raise DatasetNotFoundError(
+            f"data.root: {train_dir / empty[0]} holds no images ({len(empty)} of {len(classes)} class "
+            f"folders are empty); {wanted}"
+        )
+    test_classes = _class_folders(test_dir)
+    unknown = sorted(set(test_classes) - set(classes))
+    if unknown:
+        raise DatasetNotFoundError(
+            f"data.root: {test_dir / unknown[0]} is not a class of {train_dir} ({len(unknown)} such "
+            f"folders); the test classes must be training classes"
+        )
+    if not any(_holds_image(test_dir / name) for name in test_classes):
+        flat = any(is_image(entry.name) for entry in os.scandir(test_dir) if entry.is_file())
+        raise DatasetNotFoundError(
+            f"data.root: {test_dir} holds "
+            + ("images but no class folders (sort them into <class>/ folders)" if flat else "no images")
+            + f"; {wanted}"
+        )
+    return train_dir, test_dir
+
+
+def _decode_folders(spec: DataSpec, listing: FolderListing) -> _Raw:
+    """Every image of both folders decoded at `resolution` (shorter side resized, centre-cropped), RGB in [0, 1]."""
+    resolution = spec.resolution or FOLDER_RESOLUTION
+    decode = transforms.Compose(
+        [transforms.Resize(resolution), transforms.CenterCrop(resolution), transforms.ToTensor()]
+    )
+
+    def read(folder: ClassFolder, labels: Tensor) -> Tensor:
+        samples = SeededSamples(folder, torch.arange(len(labels)), decode)
+        loader = StreamLoader(samples, 256, shuffle=False, workers=spec.worker_count, persistent=False)
+        return torch.cat([images for images, _ in loader])
+
+    return _Raw(
+        read(listing.train, listing.train_labels),
+        listing.train_labels,
+        read(listing.test, listing.test_labels),
+        listing.test_labels,
+        len(listing.classes),
+        resolution,
+    )
 
 
 def _imagefolder(spec: DataSpec) -> _Raw:
-    from PIL import Image
-
-    root = _need_root(spec, "train/<class>/*.png|jpg and val/<class>/ (or test/<class>/)")
-    train_dir = root / "train"
-    test_dir = next((root / name for name in ("val", "test") if (root / name).is_dir()), None)
-    if not train_dir.is_dir() or test_dir is None:
-        raise DatasetNotFoundError(
-            f"data.root: imagefolder needs {root}/train/<class>/ and {root}/val/<class>/ "
-            f"(or test/<class>/) with images ({', '.join(IMAGE_SUFFIXES)})"
-        )
-    classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
-    if len(classes) < 2:
-        raise DatasetNotFoundError(
-            f"data.root: {train_dir} must hold one folder per class (found {len(classes)})"
-        )
-    resolution = spec.resolution or 224
-
-    def read(folder: Path) -> tuple[Tensor, Tensor]:
-        images, labels = [], []
-        for index, name in enumerate(classes):
-            for path in sorted((folder / name).glob("*")) if (folder / name).is_dir() else []:
-                if path.suffix.lower() in IMAGE_SUFFIXES:
-                    with Image.open(path) as opened:
-                        picture = opened.convert("RGB").resize(
-                            (resolution, resolution), Image.Resampling.BILINEAR
-                        )
-                    images.append(
-                        torch.from_numpy(np.asarray(picture, dtype=np.float32) / 255.0).permute(2, 0, 1)
-                    )
-                    labels.append(index)
-        if not images:
-            raise DatasetNotFoundError(
-                f"data.root: no images ({', '.join(IMAGE_SUFFIXES)}) under {folder}/<class>/"
-            )
-        return torch.stack(images), torch.tensor(labels)
-
-    train_x, train_y = read(train_dir)
-    test_x, test_y = read(test_dir)
-    return _Raw(train_x, train_y, test_x, test_y, len(classes), resolution)
+    return _decode_folders(spec, list_folders(*_folder_dirs(spec)))
 
 
 LOADERS: dict[str, Callable[[DataSpec], _Raw]] = {
@@ -277,6 +391,7 @@ LOADERS: dict[str, Callable[[DataSpec], _Raw]] = {
     "cifar100": _cifar100,
     "digits": _digits,
     "imagefolder": _imagefolder,
+    "imagenet": _imagefolder,
     "shapes": _shapes,
     "synthetic": _synthetic,
 }
@@ -285,34 +400,23 @@ DATASET_NAMES: tuple[str, ...] = tuple(LOADERS)
 
 def check_dataset(spec: DataSpec) -> None:
     """What is on disk can be read, checked before any experiment starts (nothing is loaded)."""
-    if spec.name in DISK_DATASETS:
-        root = _need_root(spec, "the dataset")
-        if not root.is_dir():
-            raise DatasetNotFoundError(
-                f"data.root: {str(spec.root)!r} is not a folder; {spec.name} cannot be read from it"
-            )
-    if spec.name in ("cifar10", "cifar100"):
-        folder, files = CIFAR_FILES[spec.name]
-        root = _need_root(spec, f"{folder}/")
-        base = root if (root / files[-1]).is_file() else root / folder
-        missing = [name for name in files if not (base / name).is_file()]
-        if missing:
-            raise DatasetNotFoundError(
-                f"data.root: {str(root)!r} does not hold {spec.name} ({folder}/ with {', '.join(files)}); "
-                f"missing {', '.join(missing)}"
-            )
-    elif spec.name == "imagefolder":
-        root = _need_root(spec, "train/<class>/ and val/<class>/")
-        for name in ("train", "val|test"):
-            folder = next((root / n for n in name.split("|") if (root / n).is_dir()), None)
-            classes = [p for p in folder.iterdir() if p.is_dir()] if folder else []
-            if len(classes) < 2 or not any(
-                f.suffix.lower() in IMAGE_SUFFIXES for c in classes for f in c.iterdir()
-            ):
-                raise DatasetNotFoundError(
-                    f"data.root: {str(root)!r} needs {name.replace('|', ' or ')}/<class>/ folders (at least 2) "
-                    f"holding images ({', '.join(IMAGE_SUFFIXES)})"
-                )
+    if spec.name in CIFAR_FILES:
+        _cifar_base(spec)
+    elif spec.name in FOLDER_DATASETS:
+        _folder_dirs(spec)
+
+
+def decoded_bytes(spec: DataSpec, images: int) -> int:
+    """What `images` take as float32 tensors at the spec's resolution and channels."""
+    resolution = spec.resolution or FOLDER_RESOLUTION
+    return images * spec.channels * resolution * resolution * 4
+
+
+def chosen_loader(spec: DataSpec, images: int) -> str:
+    """`memory` or `stream` for a folder of `images` files: the spec's choice, or by decoded size."""
+    if spec.loader != "auto":
+        return spec.loader
+    return "stream" if decoded_bytes(spec, images) > MEMORY_LOADER_MAX_BYTES else "memory"
 
 
 def _prepare(images: Tensor, resolution: int, channels: int) -> Tensor:
@@ -331,19 +435,33 @@ def _prepare(images: Tensor, resolution: int, channels: int) -> Tensor:
     return images.contiguous()
 
 
-def load_dataset(spec: DataSpec) -> DatasetSplits:
+def _train_val(labels: Tensor, spec: DataSpec) -> tuple[Tensor, Tensor]:
+    """Indices of the training and validation splits: the class-balanced fraction, then the stratified carve."""
+    kept = class_balanced_subset(labels, spec.fraction, spec.seed) if spec.fraction < 1 else None
+    subset = labels if kept is None else labels[kept]
+    val, train = _split(subset, spec.val_fraction, torch.Generator().manual_seed(spec.seed + 1))
+    return (train, val) if kept is None else (kept[train], kept[val])
+
+
+def load_dataset(spec: DataSpec) -> DatasetSplits | StreamedSplits:
     """Read (or draw) a dataset and split, subsample and normalise it as the spec says."""
-    raw = LOADERS[spec.name](spec)
+    if spec.name in FOLDER_DATASETS:
+        listing = list_folders(*_folder_dirs(spec))
+        if chosen_loader(spec, len(listing.train_labels) + len(listing.test_labels)) == "stream":
+            train, val = _train_val(listing.train_labels, spec)
+            resolution = spec.resolution or FOLDER_RESOLUTION
+            return StreamedSplits(
+                spec.name, listing, train, val, resolution, spec.channels, spec.worker_count
+            )
+        raw = _decode_folders(spec, listing)
+    else:
+        raw = LOADERS[spec.name](spec)
     resolution = spec.resolution or raw.default_resolution
     train_x = _prepare(raw.train_x, resolution, spec.channels)
     test_x = _prepare(raw.test_x, resolution, spec.channels)
-    train_y, test_y = raw.train_y, raw.test_y
-    if spec.fraction < 1:
-        kept = class_balanced_subset(train_y, spec.fraction, spec.seed)
-        train_x, train_y = train_x[kept], train_y[kept]
-    val, train = _split(train_y, spec.val_fraction, torch.Generator().manual_seed(spec.seed + 1))
-    val_x, val_y = train_x[val], train_y[val]
-    train_x, train_y = train_x[train], train_y[train]
+    train, val = _train_val(raw.train_y, spec)
+    val_x, val_y = train_x[val], raw.train_y[val]
+    train_x, train_y = train_x[train], raw.train_y[train]
     mean = train_x.mean(dim=(0, 2, 3))
     std = train_x.std(dim=(0, 2, 3)).clamp_min(1e-6)
 
@@ -357,7 +475,7 @@ def load_dataset(spec: DataSpec) -> DatasetSplits:
         normalise(val_x),
         val_y,
         normalise(test_x),
-        test_y,
+        raw.test_y,
         raw.num_classes,
         tuple(mean.tolist()),
         tuple(std.tolist()),

@@ -30,6 +30,12 @@ def random_flip(images: Tensor, generator: torch.Generator) -> Tensor:
     return torch.where(flip[:, None, None, None], images.flip(3), images)
 
 
+def tensor_batches(images: Tensor, labels: Tensor, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """Consecutive slices of a split, in order (evaluation)."""
+    for start in range(0, len(labels), batch_size):
+        yield images[start : start + batch_size], labels[start : start + batch_size]
+
+
 class DeviceLoader:
     """Shuffled minibatches of tensors already on the device; no worker processes, seeded per epoch."""
 

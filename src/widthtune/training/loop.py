@@ -2,6 +2,8 @@
 
 The learning rate is set before every iteration: linear warm-up, then the schedule. `step` and `multistep`
 decay only at epoch boundaries (milestones and step sizes are in epochs); `cosine` moves every iteration.
+The data is either kind of splits: tensors in memory (`DatasetSplits`, batched on the device) or files
+streamed by worker processes (`StreamedSplits`); the loop sees only `EpochBatches` and evaluation batches.
 """
 
 from __future__ import annotations
@@ -9,8 +11,9 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -18,11 +21,23 @@ from torch import Tensor, nn
 
 from widthtune.training.datasets import DatasetSplits
 from widthtune.training.distill import DistillConfig, distillation_loss
-from widthtune.training.loader import AUGMENTATIONS, DeviceLoader
+from widthtune.training.loader import AUGMENTATIONS, tensor_batches
+from widthtune.training.streaming import StreamedSplits
 
 SCHEDULES = ("constant", "step", "multistep", "cosine")
 # Checking the loss for NaN costs a host-device sync; on an accelerator it is batched over this many steps.
 NONFINITE_CHECK_STEPS_ON_ACCELERATOR = 50
+
+
+class EpochBatches(Protocol):
+    """What the loop trains on: (x, y) batches on the device, a fixed count per epoch, and the random state
+    (order and augmentation) that a checkpoint saves and a resumed run restores, in `generator`."""
+
+    generator: torch.Generator
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]: ...
 
 
 class StopTraining(Exception):
@@ -212,7 +227,6 @@ def _raise_if_nonfinite(losses: list[Tensor], first_step: int, epoch: int) -> No
         )
 
 
-@torch.no_grad()
 def evaluate(
     model: nn.Module,
     images: Tensor,
@@ -221,22 +235,31 @@ def evaluate(
     device: torch.device | str = "cpu",
 ) -> tuple[float, float]:
     """Mean cross-entropy and accuracy over a split, in eval mode."""
+    return evaluate_batches(model, tensor_batches(images, labels, batch_size), device)
+
+
+@torch.no_grad()
+def evaluate_batches(
+    model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], device: torch.device | str = "cpu"
+) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy over a split given as batches (in memory or streamed), in eval mode."""
     device = torch.device(device)
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
-    for start in range(0, len(labels), batch_size):
-        x = images[start : start + batch_size].to(device)
-        y = labels[start : start + batch_size].to(device)
+    count = 0
+    for images, labels in batches:
+        x, y = images.to(device), labels.to(device)
         if device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         with _autocast(device):
             logits = model(x).float()
         loss_sum += F.cross_entropy(logits, y, reduction="sum")
         correct += (logits.argmax(1) == y).sum()
+        count += len(y)
     model.train(was_training)
-    return loss_sum.item() / max(1, len(labels)), correct.item() / max(1, len(labels))
+    return loss_sum.item() / max(1, count), correct.item() / max(1, count)
 
 
 def _to_cpu(value: object) -> object:
@@ -251,7 +274,7 @@ def _to_cpu(value: object) -> object:
 
 def train(
     model: nn.Module,
-    data: DatasetSplits,
+    data: DatasetSplits | StreamedSplits,
     config: TrainConfig,
     *,
     teacher: nn.Module | None = None,
@@ -288,11 +311,8 @@ def train(
         nesterov=config.nesterov,
         weight_decay=config.weight_decay,
     )
-    loader = DeviceLoader(
-        data.train_x,
-        data.train_y,
+    loader: EpochBatches = data.train_batches(
         config.batch_size,
-        shuffle=True,
         augment=config.augment,
         drop_last=config.drop_last,
         seed=config.seed,
@@ -361,11 +381,11 @@ def train(
             train_acc = correct.item() / count
             train_seconds = time.perf_counter() - started
             val = (
-                evaluate(model, data.val_x, data.val_y, config.eval_batch_size, device)
+                evaluate_batches(model, data.eval_batches("val", config.eval_batch_size, device), device)
                 if len(data.val_y)
                 else None
             )
-            test = evaluate(model, data.test_x, data.test_y, config.eval_batch_size, device)
+            test = evaluate_batches(model, data.eval_batches("test", config.eval_batch_size, device), device)
             record = EpochRecord(
                 epoch=epoch,
                 train_loss=train_loss,
