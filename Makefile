@@ -20,7 +20,7 @@ test: lint unit
 
 ## make demo: the quickstart -- uniform vs random vs direct (Optuna TPE + ASHA) on digits, 2 seeds, MLflow + report
 demo: $(STAMP)
-	RAY_AUTH_MODE=disabled $(BIN)/widthtune quickstart
+	$(BIN)/widthtune quickstart
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -314,7 +314,9 @@ def _check_outcome(directory: Path) -> None:
     if rows and len(errored) == len(rows):
         raise RunFailed(f"every trial errored ({len(rows)}); the first: {errored[0]['error']}")
     if failed:
-        raise RunFailed(f"{len(failed)} studies could not run ({', '.join(failed)}); see the table and the report")
+        raise RunFailed(
+            f"{len(failed)} studies could not run ({', '.join(failed)}); see the table and the report"
+        )
 
 
 @app.command()
@@ -357,6 +359,31 @@ def report(directory: Annotated[Path, typer.Argument(help="the experiment direct
 
     read_state(directory)
     _finish(directory.expanduser().resolve(), write=True)
+
+
+@app.command()
+def sync(directory: Annotated[Path, typer.Argument(help="the experiment directory")]) -> None:
+    """Copy every stored trial into MLflow (after the tracking server was down); running it twice adds nothing.
+
+    Example: widthtune sync runs/NAME
+    """
+    from widthtune.platform.config import ConfigError
+    from widthtune.platform.runner import read_state
+    from widthtune.platform.sync import sync_tracking
+    from widthtune.platform.tracking import Tracking, close_parent_run
+    from widthtune.platform.tracking_uri import check_tracking_uri
+
+    directory = directory.expanduser().resolve()
+    state = read_state(directory)
+    tracking = Tracking(**state["tracking"])
+    try:
+        check_tracking_uri(tracking.uri)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    synced = sync_tracking(directory, tracking, state["config_hash"])
+    if all(v in ("done", "failed") for v in state["studies"].values()):
+        close_parent_run(tracking, directory / "report", directory / "results")
+    print(f"MLflow at {tracking.uri}: {synced.created} trial runs created, {synced.found} already there")
 
 
 @app.command(name="ls")

@@ -13,8 +13,8 @@ from ray import tune
 from widthtune.analysis.plots import width_profile_plot
 from widthtune.models.artifact import WIDTHS_FILE, make_artifact
 from widthtune.models.registry import channel_space
-from widthtune.platform.tracking import Tracking, TrialRuns
-from widthtune.results.store import EpochJournal, write_trial
+from widthtune.platform.tracking import Tracking, TrackingGuard, TrialRuns
+from widthtune.results.store import EpochJournal, read_trial, write_trial
 from widthtune.trainables.trial import expand_bundle
 
 # transfer provenance: flat config key -> trial row column (also an MLflow tag, widthtune.<key>)
@@ -76,6 +76,36 @@ def logged_params(config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def trial_tags(config: dict[str, Any], study: str, role: str, config_hash: str) -> dict[str, str]:
+    """A trial run's tags in MLflow (the same when the recorder logs it live and when `sync` backfills it)."""
+    transfer = {f"widthtune.{k}": str(config[k]) for k in TRANSFER_COLUMNS if config.get(k) is not None}
+    return transfer | {
+        "widthtune.method": str(config.get("method")),
+        "widthtune.label": str(config.get("label")),
+        "widthtune.role": str(config.get("role", role)),
+        "widthtune.study": study,
+        "widthtune.model": str(config.get("model")),
+        "widthtune.dataset": str(config.get("data.name", "digits")),
+        "widthtune.cost_target": json.dumps(
+            {k.split(".", 1)[1]: v for k, v in config.items() if k.startswith("cost_target.")}
+        ),
+        "widthtune.seed": str(config.get("seed")),
+        "widthtune.retrain": str(config.get("retrain.mode", "scratch-e")),
+        "widthtune.config_hash": config_hash,
+    }
+
+
+def finish_run(runs: TrialRuns, row: dict[str, Any], artifacts: list[Path]) -> None:
+    """Close a stored trial's run: its outcome, its trained widths as params, its artifacts."""
+    outcome = {"widthtune.status": row["status"]}
+    if row.get("error"):
+        outcome["widthtune.error"] = row["error"]
+    trained = {
+        f"widths.{n}": w for n, w in zip(row.get("group_names") or [], row.get("widths") or [], strict=True)
+    }
+    runs.finish(row["trial_key"], row["status"], outcome, artifacts, params=trained)
+
+
 class TrialRecorder(tune.Callback):
     """Journals each result, logs it to the trial's MLflow child run, and stores the trial when it ends.
 
@@ -89,11 +119,20 @@ class TrialRecorder(tune.Callback):
         self.config_hash = config_hash
         self.role = role
         self._runs: TrialRuns | None = None
+        self._guard: TrackingGuard | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_runs"] = None
+        state["_guard"] = None
         return state
+
+    @property
+    def guard(self) -> TrackingGuard:
+        """MLflow calls go through here: once the tracking store fails, the rest of the run skips it."""
+        if self._guard is None:
+            self._guard = TrackingGuard(self.tracking.uri, self.directory)
+        return self._guard
 
     @property
     def runs(self) -> TrialRuns:
@@ -107,28 +146,12 @@ class TrialRecorder(tune.Callback):
         """The Parquet store."""
         return Path(self.directory) / "results"
 
-    def _tags(self, config: dict[str, Any]) -> dict[str, str]:
-        transfer = {f"widthtune.{k}": str(config[k]) for k in TRANSFER_COLUMNS if config.get(k) is not None}
-        return transfer | {
-            "widthtune.method": str(config.get("method")),
-            "widthtune.label": str(config.get("label")),
-            "widthtune.role": str(config.get("role", self.role)),
-            "widthtune.study": self.study,
-            "widthtune.model": str(config.get("model")),
-            "widthtune.dataset": str(config.get("data.name", "digits")),
-            "widthtune.cost_target": json.dumps(
-                {k.split(".", 1)[1]: v for k, v in config.items() if k.startswith("cost_target.")}
-            ),
-            "widthtune.seed": str(config.get("seed")),
-            "widthtune.retrain": str(config.get("retrain.mode", "scratch-e")),
-            "widthtune.config_hash": self.config_hash,
-        }
-
     def _run(self, trial: Any) -> str:
         key = trial_key(self.study, trial.trial_id)
         config = expand_bundle(trial.config)
-        return self.runs.run_for(
-            key, f"{self.study}/{trial.trial_id}", self._tags(config), logged_params(config)
+        tags = trial_tags(config, self.study, self.role, self.config_hash)
+        return self.guard.call(
+            self.runs.run_for, key, f"{self.study}/{trial.trial_id}", tags, logged_params(config)
         )
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
@@ -138,9 +161,10 @@ class TrialRecorder(tune.Callback):
         key = trial_key(self.study, trial.trial_id)
         record = {k: result[k] for k in EPOCH_METRICS if k in result}
         EpochJournal(self.results_root).append(key, record)
-        self._run(trial)
+        if self._run(trial) is None:
+            return
         metrics = {k: v for k, v in record.items() if isinstance(v, int | float)}
-        self.runs.log_epoch(key, int(result["epoch"]), metrics, int(time.time() * 1000))
+        self.guard.call(self.runs.log_epoch, key, int(result["epoch"]), metrics, int(time.time() * 1000))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         """A trial finished, was stopped by the scheduler, or reported a non-finite loss."""
@@ -235,16 +259,13 @@ class TrialRecorder(tune.Callback):
                     space.names, {key: ratios}, folder / "width_profile.png", title=f"{key} widths / base"
                 )
             )
+        kept = read_trial(self.results_root, key)
+        if kept is not None and kept["status"] == "completed" and status != "completed":
+            return  # a stored completed trial is never replaced by a worse row (a torn restore, say)
         write_trial(
             self.results_root,
             row,
             [{**e, "study": self.study, "label": row["label"], "seed": row["seed"]} for e in epochs],
         )
-        outcome = {"widthtune.status": status}
-        if error:
-            outcome["widthtune.error"] = error
-        trained = {
-            f"widths.{n}": w
-            for n, w in zip(row.get("group_names") or [], row.get("widths") or [], strict=True)
-        }
-        self.runs.finish(key, status, outcome, artifacts, params=trained)
+        if run_id is not None:
+            self.guard.call(finish_run, self.runs, row, artifacts)

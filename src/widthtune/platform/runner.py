@@ -65,7 +65,6 @@ def tune_storage(config: ExperimentConfig, directory: Path) -> str:
 
 
 def _environment() -> None:
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault(
         "TUNE_GLOBAL_CHECKPOINT_S", "2"
     )  # experiment state saved often: a killed driver loses little
@@ -88,6 +87,9 @@ def start_ray(config: ExperimentConfig) -> None:
     if not ray.is_initialized():
         # no RAY_ADDRESS: a fresh local Ray, never a cluster some other process happens to run here
         address = os.environ.get("RAY_ADDRESS") or "local"
+        # A new local cluster keeps Ray's default token authentication (RAY_AUTH_MODE unset): its servers listen
+        # beyond loopback (gcs on ::, agents on the node's IP), and a process without this user's
+        # ~/.ray/auth_token is refused. Only an explicit RAY_AUTH_MODE=disabled turns that off.
         ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
     nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
     for name, key, wanted in (("cpu", "CPU", config.resources.cpu), ("gpu", "GPU", config.resources.gpu)):
@@ -358,6 +360,7 @@ def execute(directory: Path, say: Callable[[str], None] = print) -> dict[str, An
     start_ray(config)
     tracking = Tracking(**state["tracking"])
     guard = TrackingGuard(tracking.uri, directory)
+    guard.reset()
     guard.call(tracking.client().update_run, tracking.parent_run_id, status="RUNNING")
     for planned in plan_studies(config):
         if state["studies"].get(planned.key, "pending") in ("done", "failed"):

@@ -127,6 +127,7 @@ class TrialRuns:
         self.client = tracking.client()
         self.run_ids: dict[str, str] = {}
         self.logged_epoch: dict[str, int] = {}
+        self.created = 0  # runs this object created (a backfill counts what was missing)
 
     def run_for(self, key: str, name: str, tags: Mapping[str, str], params: Mapping[str, Any]) -> str:
         """The trial's child run: found by its key tag, else created with its params and tags."""
@@ -153,6 +154,7 @@ class TrialRuns:
                 },
             )
             run_id = run.info.run_id
+            self.created += 1
             items = [Param(k, _param_value(v)) for k, v in sorted(params.items()) if v is not None]
             for start in range(0, len(items), 100):
                 self.client.log_batch(run_id, params=items[start : start + 100])
@@ -195,13 +197,29 @@ class TrialRuns:
 
 
 class TrackingGuard:
-    """Tracking is secondary to results: the first failure to reach MLflow prints one warning, and every later
-    call is skipped; the Parquet store still gets everything and `widthtune sync DIR` backfills MLflow."""
+    """Tracking is secondary to results: the first failure to reach MLflow prints one warning for the whole run
+    (a marker file in the experiment folder tells every guard of the run), and every later call is skipped; the
+    Parquet store still gets everything and `widthtune sync DIR` backfills MLflow."""
+
+    MARKER = ".mlflow-unreachable"
 
     def __init__(self, uri: str, directory: Path | str) -> None:
         self.uri = uri
         self.directory = str(directory)
-        self.down = False
+
+    @property
+    def marker(self) -> Path:
+        """The file that says this run has given up on MLflow."""
+        return Path(self.directory) / self.MARKER
+
+    @property
+    def down(self) -> bool:
+        """Whether MLflow failed earlier in this run."""
+        return self.marker.exists()
+
+    def reset(self) -> None:
+        """A new run (or resume) tries MLflow again."""
+        self.marker.unlink(missing_ok=True)
 
     def call(self, action: Any, *args: Any, **kwargs: Any) -> Any:
         """`action(*args, **kwargs)`, or None once MLflow has failed."""
@@ -212,7 +230,7 @@ class TrackingGuard:
         except (
             Exception
         ) as error:  # MLflow's, requests' and the socket's errors alike: never a trial's problem
-            self.down = True
+            self.marker.write_text(f"{type(error).__name__}: {error}\n")
             first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
             print(
                 f"widthtune: warning: MLflow at {self.uri} failed ({type(error).__name__}: {first}); results go on "

@@ -137,9 +137,21 @@ def _read(folder: Path, schema: pa.Schema) -> list[dict[str, Any]]:
     return pa.concat_tables([pq.read_table(f, schema=schema) for f in files]).to_pylist()
 
 
-def read_trials(root: Path) -> list[dict[str, Any]]:
-    """Every stored trial row."""
-    return _read(root / "trials", TRIAL_SCHEMA)
+def results_root(path: str | Path) -> Path:
+    """The store's folder: `path` itself, or its `results/` when `path` is an experiment folder."""
+    path = Path(path).expanduser()
+    return path / "results" if (path / "results").is_dir() and not (path / "trials").is_dir() else path
+
+
+def read_trial(root: str | Path, key: str) -> dict[str, Any] | None:
+    """One stored trial's row, or None."""
+    path = results_root(root) / "trials" / f"{key}.parquet"
+    return pq.read_table(path, schema=TRIAL_SCHEMA).to_pylist()[0] if path.is_file() else None
+
+
+def read_trials(root: str | Path) -> list[dict[str, Any]]:
+    """Every stored trial row; `root` is the experiment folder or its `results/` (a str or a Path)."""
+    return _read(results_root(root) / "trials", TRIAL_SCHEMA)
 
 
 def write_artifact(root: Path, row: Mapping[str, Any]) -> None:
@@ -150,14 +162,14 @@ def write_artifact(root: Path, row: Mapping[str, Any]) -> None:
     )
 
 
-def read_artifacts(root: Path) -> list[dict[str, Any]]:
-    """Every stored shared artifact's record."""
-    return _read(root / "artifacts", ARTIFACT_SCHEMA)
+def read_artifacts(root: str | Path) -> list[dict[str, Any]]:
+    """Every stored shared artifact's record (`root`: the experiment folder or its `results/`)."""
+    return _read(results_root(root) / "artifacts", ARTIFACT_SCHEMA)
 
 
-def read_epochs(root: Path) -> list[dict[str, Any]]:
-    """Every stored trial-epoch row."""
-    return _read(root / "epochs", EPOCH_SCHEMA)
+def read_epochs(root: str | Path) -> list[dict[str, Any]]:
+    """Every stored trial-epoch row (`root`: the experiment folder or its `results/`)."""
+    return _read(results_root(root) / "epochs", EPOCH_SCHEMA)
 
 
 class EpochJournal:

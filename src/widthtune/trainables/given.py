@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from widthtune.models.artifact import load_widths
+from widthtune.models.space import ChannelSpace
 from widthtune.models.widths import Widths
 from widthtune.trainables.method import Method
 from widthtune.trainables.registry import register
@@ -25,6 +26,13 @@ def search(task: Task) -> SearchResult:
         widths = load_widths(params["file"], task.model).widths
         source = str(Path(params["file"]).expanduser().resolve())
     return SearchResult(widths, match_target=bool(params["match"]), info={"source": source})
+
+
+def check_model(params: Mapping[str, Any], space: ChannelSpace) -> None:
+    """Given widths name the model's groups, each a legal width."""
+    merged = {**DEFAULTS, **params}
+    if merged["widths"] is not None:
+        Widths.from_mapping(space, merged["widths"])
 
 
 def check(params: Mapping[str, Any]) -> None:
@@ -52,5 +60,6 @@ METHOD = register(
         summary="train given widths (a mapping or a widths.json), optionally scaled to the cost target",
         check=check,
         optimises_widths=False,
+        check_model=check_model,
     )
 )

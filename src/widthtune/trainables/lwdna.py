@@ -282,5 +282,6 @@ METHOD = register(
         summary="LW-DNA: widen by beta, score channels by hypernetwork-latent gradients, shrink to the target",
         check=check,
         prunes=True,
+        widest=lambda params: float(params.get("beta", DEFAULTS["beta"])),
     )
 )

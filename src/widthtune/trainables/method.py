@@ -32,6 +32,9 @@ class Method:
       hyperparameters named in `fixed_keys` shape that space, so they must be values, not spaces.
     - `artifacts`: what it needs trained once and shared by its trials (name -> recipe); each trial finds
       the artifact's path in `Task.artifacts[name]`.
+    - `widest`: the widths multiplier its result can reach at most (pruning keeps at most the base: 1; LW-DNA
+      its widening beta); None: up to the largest widths a group may take. A cost target above is refused.
+    - `check_model`: the checks that need the model's channel groups (widths it is handed), if any.
     """
 
     name: str
@@ -45,6 +48,8 @@ class Method:
     width_space: Callable[[ChannelSpace, Mapping[str, Any]], WidthSpace] | None = None
     fixed_keys: tuple[str, ...] = ()
     artifacts: Callable[[Mapping[str, Any], ArtifactContext], Mapping[str, ArtifactRecipe]] = needs_nothing
+    widest: Callable[[Mapping[str, Any]], float] | None = None
+    check_model: Callable[[Mapping[str, Any], ChannelSpace], None] | None = None
 
     def __post_init__(self) -> None:
         unknown = [k for k in self.fixed_keys if k not in self.defaults]

@@ -354,5 +354,6 @@ METHOD = register(
         check=check,
         keeps_weights=True,
         prunes=True,
+        widest=lambda params: 1.0,
     )
 )

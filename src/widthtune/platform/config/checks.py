@@ -11,9 +11,13 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from widthtune.models.cost import CostModel
 from widthtune.models.registry import canonical_spec, channel_space, resolve_options
 from widthtune.models.space import ChannelSpace
 from widthtune.models.spec import ModelSpec, parse_spec
+from widthtune.models.widths import Widths, largest_width, smallest_width
 from widthtune.platform.config.schema import (
     OBJECTIVES,
     PBT_MUTABLE,
@@ -22,8 +26,13 @@ from widthtune.platform.config.schema import (
     MethodEntry,
 )
 from widthtune.platform.tracking_uri import check_tracking_uri
-from widthtune.search_spaces.cost_target import check_cost_target, parse_quantity
-from widthtune.search_spaces.domains import Domain, is_space, split_spaces
+from widthtune.search_spaces.cost_target import (
+    CostTarget,
+    check_cost_target,
+    parse_quantity,
+    resolve_cost_target,
+)
+from widthtune.search_spaces.domains import Domain, is_space, split_spaces, unflatten
 from widthtune.search_spaces.projections import AXES, EXTRAPOLATIONS, Projection, ProjectionError
 from widthtune.trainables.registry import get_method, registered
 from widthtune.trainables.retraining import retrain_modes
@@ -167,8 +176,11 @@ def check(config: ExperimentConfig) -> None:
             f"data.val_fraction: 0 leaves no validation split, which metric {config.metric} "
             "(scheduling and model selection) needs; choose a value in (0, 1)"
         )
+    cost_model = CostModel.from_spec(spec)
+    targets = _cost_targets(config, cost_model)
     for entry, label in zip(config.entries, config.labels(), strict=True):
         _check_method(config, entry, label, space)
+        _check_reach(entry, label, targets, cost_model)
     _check_retrain(config)
     _check_distill(config)
     _check_storage(config)
@@ -263,8 +275,6 @@ def _check_teacher_recipe(recipe: dict[str, Any], where: str, config: Experiment
     try:
         spec = canonical_spec(recipe.get("model", config.model))
         if "widths" in recipe:
-            from widthtune.models.widths import Widths
-
             Widths.from_mapping(channel_space(spec), recipe["widths"])
     except ValueError as error:
         raise ConfigError(f"{where}: {error}") from None
@@ -332,6 +342,54 @@ def _check_data(data: dict[str, Any]) -> None:
             raise ConfigError(str(error.args[0] if error.args else error)) from None
 
 
+def _cost_targets(config: ExperimentConfig, cost_model: CostModel) -> list[tuple[str, CostTarget]]:
+    """Every cost target the experiment asks for (each candidate of a space), with how it was written."""
+    if not config.cost_target:
+        return []
+    constants, domains = split_spaces(config.cost_target, "cost_target")
+    out = []
+    for assignment in _candidates(domains):
+        section = {k[len("cost_target.") :]: v for k, v in {**constants, **assignment}.items()}
+        written = ", ".join(f"{k}: {v}" for k, v in section.items())
+        try:
+            target = resolve_cost_target(section, cost_model)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+        out.append((written, target))
+    return out
+
+
+def _check_reach(
+    entry: MethodEntry, label: str, targets: list[tuple[str, CostTarget]], cost_model: CostModel
+) -> None:
+    """Each cost target lies between the model at its smallest widths and the widest the method can reach."""
+    method = get_method(entry.name)
+    space = cost_model.space
+    low_widths = np.asarray([smallest_width(g) for g in space], dtype=np.float64)
+    if method.widest is None:
+        high_widths = np.asarray([largest_width(g) for g in space], dtype=np.float64)
+    else:
+        params = {**method.defaults, **(entry.model_extra or {})}
+        try:
+            factor = float(method.widest(params))
+        except (TypeError, ValueError):
+            return  # a space or a bad value: the method's own check has spoken
+        high_widths = np.asarray(
+            [min(largest_width(g), max(smallest_width(g), round(g.base * factor))) for g in space],
+            dtype=np.float64,
+        )
+    for written, target in targets:
+        low = float(cost_model.cost(low_widths, target.convention))
+        high = float(cost_model.cost(high_widths, target.convention))
+        if not low * (1 - target.tolerance) <= target.value <= high * (1 + target.tolerance):
+            base = cost_model.base()[target.convention]
+            raise ConfigError(
+                f"cost_target: {{{written}}} ({target.value:,.0f} {target.convention}) is out of reach for "
+                f"methods[{label}] ({method.name}): it reaches {low:,.0f} to {high:,.0f} {target.convention} on "
+                f"this model, a ratio of {low / base:.3g} to {high / base:.3g} of the base"
+            )
+
+
 def _check_method(config: ExperimentConfig, entry: MethodEntry, label: str, space: ChannelSpace) -> None:
     method = get_method(entry.name)
     extra = entry.model_extra or {}
@@ -344,7 +402,7 @@ def _check_method(config: ExperimentConfig, entry: MethodEntry, label: str, spac
     constants, domains = split_spaces(entry.hyperparameters, "method")
     for assignment in _candidates(domains):
         try:
-            method.check({k[len("method.") :]: v for k, v in {**constants, **assignment}.items()})
+            method.check(unflatten({**constants, **assignment}, "method"))
         except ValueError as error:
             raise ConfigError(f"methods[{label}]: {error}") from None
     search = entry.search or config.search
@@ -355,7 +413,12 @@ def _check_method(config: ExperimentConfig, entry: MethodEntry, label: str, spac
                 f"methods[{label}].{k[len('method.') :]}: a width-space setting must be a value, not a {d.kind} space"
             )
     if method.width_space is not None:
-        method.width_space(space, {k[len("method.") :]: v for k, v in constants.items()})
+        method.width_space(space, unflatten(constants, "method"))
+    if method.check_model is not None:
+        try:
+            method.check_model(unflatten(constants, "method"), space)
+        except ValueError as error:
+            raise ConfigError(f"methods[{label}]: {error}") from None
     all_domains = {
         **split_spaces(config.data, "data")[1],
         **split_spaces(config.train, "train")[1],
