@@ -21,6 +21,7 @@ from widthtune.analysis.report import write_report
 from widthtune.platform.artifacts import ArtifactFailed, Built, artifact_dir, artifact_kind
 from widthtune.platform.config import ConfigError, ExperimentConfig, validate_config
 from widthtune.platform.interruption import ExperimentInterrupted
+from widthtune.platform.leftovers import clean_leftovers, remember_ray_session
 from widthtune.platform.logs import route_library_logs
 from widthtune.platform.planning import plan_studies
 from widthtune.platform.progress import ProgressLine
@@ -100,6 +101,16 @@ def start_ray(config: ExperimentConfig) -> None:
             )
 
 
+def check_writable(directory: Path, why: str) -> None:
+    """The folder takes new files (tried, not assumed: a read-only mount or an immutable folder refuses root too)."""
+    probe = Path(directory) / f".widthtune-write-test-{os.getpid()}"
+    try:
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise ConfigError(f"{str(directory)!r} is not writable ({error.strerror}); {why}") from None
+
+
 def read_state(directory: Path) -> dict[str, Any]:
     """The experiment's saved state."""
     path = Path(directory).expanduser().resolve() / EXPERIMENT_FILE
@@ -148,7 +159,12 @@ def _tuner(study: Study, config: ExperimentConfig, directory: Path, state: dict[
     trainable = _trainable(config)
     if tune.Tuner.can_restore(path):
         return tune.Tuner.restore(
-            path, trainable, resume_unfinished=True, resume_errored=False, restart_errored=False
+            # an errored trial that is still ERROR ran out of retries for lost workers: resume tries it again
+            path,
+            trainable,
+            resume_unfinished=True,
+            resume_errored=True,
+            restart_errored=False,
         )
     tracking = Tracking(**state["tracking"])
     callbacks = [
@@ -173,7 +189,8 @@ def _tuner(study: Study, config: ExperimentConfig, directory: Path, state: dict[
             storage_path=state["tune_storage"],
             verbose=0,
             callbacks=callbacks,
-            failure_config=tune.FailureConfig(max_failures=config.max_failures),
+            # the trial counts its own errors against max_failures; the rest are lost workers and nodes
+            failure_config=tune.FailureConfig(max_failures=config.max_failures + config.infra_retries),
             # PBT exploits other trials' checkpoints: keep more of them
             checkpoint_config=tune.CheckpointConfig(num_to_keep=4 if study.scheduler.name == "pbt" else 2),
         ),
@@ -356,8 +373,13 @@ def execute(directory: Path, say: Callable[[str], None] = print) -> dict[str, An
     directory = Path(directory).expanduser().resolve()
     state = read_state(directory)
     config = validate_config(state["config"])
+    check_writable(directory, "resume writes its trials, checkpoints and report there")
     route_library_logs(directory)
+    stopped = clean_leftovers(directory)
+    if stopped:
+        say(f"stopped {len(stopped)} processes a killed earlier run of this experiment left running")
     start_ray(config)
+    remember_ray_session(directory)
     tracking = Tracking(**state["tracking"])
     guard = TrackingGuard(tracking.uri, directory)
     guard.reset()

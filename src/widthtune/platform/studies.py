@@ -94,6 +94,7 @@ def flat_constants(config: ExperimentConfig) -> tuple[dict[str, Any], dict[str, 
         "model": str(canonical_spec(config.model)),
         "metric": config.metric,
         "resources.cpu": config.resources.cpu,
+        "max_failures": config.max_failures,
     }
     domains: dict[str, Domain] = {}
     for section in ("data", "train", "cost_target", "retrain"):

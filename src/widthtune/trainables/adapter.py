@@ -8,8 +8,10 @@ PBT-exploited trial resumes where it stopped instead of searching again.
 from __future__ import annotations
 
 import functools
+import pickle
 import tempfile
 import time
+import traceback
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -29,12 +31,15 @@ from widthtune.trainables.registry import get_method
 from widthtune.trainables.retraining import Retraining
 from widthtune.trainables.task import TRAIN_FLOPS_PER_MAC_PER_IMAGE, Task
 from widthtune.trainables.teacher import load_teacher
-from widthtune.trainables.trial import CHECKPOINT_FILE, Teacher, TrialSpec
+from widthtune.trainables.trial import CHECKPOINT_FILE, Teacher, TrialSpec, expand_bundle
 from widthtune.training.datasets import DatasetSplits, DataSpec, load_dataset
 from widthtune.training.loop import EpochRecord, NonFiniteLossError, TrainState, train
 
 # what an errored trial reports as its loss, so schedulers and searchers rank it last
 ERRORED_LOSS = 1e30
+# in a trial folder: the tracebacks of the trial's own errors, and how many there were
+ERROR_LOG = "error.log"
+FAILURES_FILE = "failures.txt"
 
 
 @dataclass(frozen=True)
@@ -136,6 +141,32 @@ def _load_state(directory: Path, task: Task) -> tuple[TrainState, FoundWidths]:
     return TrainState(**train_state), FoundWidths(**found)
 
 
+def restore(trial_dir: Path, task: Task) -> tuple[TrainState, FoundWidths] | None:
+    """The newest readable checkpoint: Tune's, else an older one in the trial folder (a checkpoint cut short by a
+    kill mid-write is skipped); None when the trial starts from scratch."""
+    from ray import tune
+
+    candidates: list[Path] = []
+    try:
+        checkpoint = tune.get_checkpoint()
+        if checkpoint is not None:
+            with checkpoint.as_directory() as directory:
+                return _load_state(Path(directory), task)
+    except (OSError, RuntimeError, EOFError, KeyError, ValueError, pickle.UnpicklingError):
+        pass  # torn or missing: fall back to what the trial folder still holds
+    candidates = sorted(
+        (p.parent for p in trial_dir.glob(f"checkpoint_*/{CHECKPOINT_FILE}")),
+        key=lambda p: p.name,
+        reverse=True,
+    )
+    for folder in candidates:
+        try:
+            return _load_state(folder, task)
+        except (OSError, RuntimeError, EOFError, KeyError, ValueError, pickle.UnpicklingError):
+            continue
+    return None
+
+
 def distillation(teacher: Teacher | None) -> dict[str, Any]:
     """`teacher` and `distill` for the training loop when the trial distils from a trained teacher."""
     if teacher is None:
@@ -179,7 +210,44 @@ def worker_cost_model(spec: ModelSpec) -> CostModel:
 
 
 def run_trial(config: dict[str, Any]) -> None:
-    """Tune function trainable: search, match, materialise, train from scratch, report and checkpoint every epoch."""
+    """Tune function trainable: search, match, materialise, train from scratch, report and checkpoint every epoch.
+
+    An error the trial raises counts against its `max_failures` (kept in the trial folder, so it survives the
+    restarts): within them Tune retries it from its last checkpoint; past them it ends errored, once, with its
+    reason reported and the traceback in `error.log`. A lost worker or node never reaches this code, so Tune's
+    separate budget of retries for those (`infra_retries`) is the user's errors' budget plus that.
+    """
+    from ray import tune
+
+    try:
+        _run_trial(config)
+    except Exception as error:
+        trial_dir = Path(tune.get_context().get_trial_dir())
+        failures = _count_failure(trial_dir, error)
+        if failures <= int(expand_bundle(config).get("max_failures", 0)):
+            raise
+        tune.report(
+            {
+                "error": f"{type(error).__name__}: {error}",
+                "val_acc": 0.0,
+                "val_loss": ERRORED_LOSS,
+                "epoch": 0,
+            }
+        )
+
+
+def _count_failure(trial_dir: Path, error: Exception) -> int:
+    """One more error of this trial's own code; returns how many there have been."""
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    with open(trial_dir / ERROR_LOG, "a") as log:
+        log.write("".join(traceback.format_exception(error)) + "\n")
+    counter = trial_dir / FAILURES_FILE
+    count = int(counter.read_text()) + 1 if counter.is_file() else 1
+    counter.write_text(str(count))
+    return count
+
+
+def _run_trial(config: dict[str, Any]) -> None:
     from ray import tune
 
     trial = TrialSpec.parse(config)
@@ -201,10 +269,9 @@ def run_trial(config: dict[str, Any]) -> None:
         artifacts=trial.artifacts,
     )
     resume: TrainState | None = None
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            resume, found = _load_state(Path(directory), task)
+    restored = restore(Path(tune.get_context().get_trial_dir()), task)
+    if restored is not None:
+        resume, found = restored
     else:
         try:
             found = find_widths(task, trial.method)

@@ -158,6 +158,7 @@ class ExperimentConfig(BaseModel):
     local_dir: str = "runs"
     tracking_uri: str | None = None
     max_failures: int = Field(default=1, ge=0)
+    infra_retries: int = Field(default=3, ge=0)
     reuse_actors: bool = True
     transfer: TransferConfig | None = None
     retrain: dict[str, Any] = Field(default_factory=dict)
