@@ -292,6 +292,10 @@ def test_checkpoint_round_trips_through_weights_only_load():
             lambda s: s.subnet({"stage1.stream": [0, 99]}),
             r"kept.stage1.stream: indices must lie in \[0, 24\)",
         ),
+        (
+            lambda s: s.subnet({"stage1.stream": [0, 1.5]}),
+            "kept.stage1.stream: channel indices must be integers",
+        ),
         (lambda s: s.subnet(Supernet(RESNET_C).subnet()), "another model or other widths"),
         (lambda s: s.sandwich(-1, np.random.default_rng(0)), "n=-1"),
         (lambda s: s.sample(0), "numpy Generator"),

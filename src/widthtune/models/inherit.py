@@ -54,7 +54,8 @@ def complete_kept(space: ChannelSpace, kept: KeptIndices) -> dict[str, tuple[int
             full[group.name] = tuple(range(group.base))
             continue
         raw = list(kept[group.name])
-        if any(isinstance(i, bool) or not isinstance(i, numbers.Integral) for i in raw):
+        exact = all(type(i) is int for i in raw)  # the common case, without the slow ABC check per index
+        if not exact and any(isinstance(i, bool) or not isinstance(i, numbers.Integral) for i in raw):
             raise ValueError(f"kept.{group.name}: channel indices must be integers")
         indices = sorted(int(i) for i in raw)
         if not indices:

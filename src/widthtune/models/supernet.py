@@ -4,15 +4,20 @@ A `Supernet` holds the model of a spec at `max_widths` (e.g. 1.5x the base) and 
 sub-network is chosen by a width vector -- each group keeps its first c channels (AutoSlim's fixed
 pattern) -- or by explicit channel index sets per group (CafeNet's locally free pattern). A channel group is
 the coupling unit of a `ChannelSpace`, so a residual stream, a depthwise conv and its expand conv, a linear
-reading flattened channels all take the group's one index set. The slicing is `inherit.channel_cuts`'s.
+reading flattened channels all take the group's one index set. The slicing plan is
+`inherit.channel_slices`, the one pruning inherits weights by.
 
-Forward at a sub-network: `materialize(spec, widths)` built once per width vector (kept, on the meta device,
-in a small LRU cache) and run by `torch.func.functional_call` on tensors sliced from the supernet's --
-`narrow` views where a group keeps a prefix, `index_select` otherwise -- so gradients flow back into the
-shared weights at exactly the kept channels. The sub-network *is* that materialised model: `extract` hands
-its state dict over unchanged, which is why extracted models reproduce the supernet's logits exactly. For
-option-A (zero-pad) CIFAR ResNets this means the smaller model pads its narrower streams re-centred, as a
-model built at those widths does; the sub-network is then not the supernet with channels masked (see the
+Forward at a sub-network: the model at that width vector, run by `torch.func.functional_call` on tensors
+sliced from the supernet's -- `narrow` views where a group keeps a prefix, `index_select` otherwise -- so
+gradients flow back into the shared weights at exactly the kept channels. The model is one frame: the
+supernet's model on the meta device, re-sized per width vector by setting its few width attributes (a
+depthwise conv's groups, a zero-pad shortcut's width, the sizes layers record), so choosing a new width
+vector builds nothing. The frame is checked once against `materialize` at a probe width vector; a model it
+does not fit (a module keeping a width of its own) gets `materialize(spec, widths)` per width vector
+instead, kept in a small LRU cache. Either way the sub-network *is* `materialize(spec, widths)`: `extract`
+hands its state dict over unchanged, which is why extracted models reproduce the supernet's logits exactly.
+For option-A (zero-pad) CIFAR ResNets this means the smaller model pads its narrower streams re-centred, as
+a model built at those widths does; the sub-network is then not the supernet with channels masked (see the
 limit documented in `inherit`), only a network sharing its weights.
 
 BN statistics: a forward in train mode uses batch statistics and never changes the running statistics
@@ -22,9 +27,9 @@ None; every other module in eval mode, so dropout is off), then write them into 
 sub-network's channels. An eval-mode forward, `bind` and `extract` at that sub-network then use them; a
 later recalibration of another sub-network overwrites the channels they share, so evaluate right after.
 
-Cost: building a skeleton is the one overhead a plain model does not have (tens of milliseconds for a
-CIFAR MobileNetV2, paid once per width vector while it stays in the cache); slicing the tensors and
-`functional_call` add little to a step (`benchmarks/supernet.py` prints both).
+Cost: a step through the supernet runs the same convolutions as the plain model plus the slicing and
+`functional_call`'s swapping of every tensor, a fixed few milliseconds of Python per forward; moving to a
+new width vector adds the cuts and the frame's re-sizing, about a millisecond. `benchmarks/supernet.py` prints both against a plain model.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from widthtune.models.inherit import channel_slices, complete_kept, expand_index, kept_widths, pad_shortcuts
+from widthtune.models.inherit import channel_slices, complete_kept, expand_index, pad_shortcuts
 from widthtune.models.registry import canonical_spec, channel_space, materialize
 from widthtune.models.space import ChannelSpace
 from widthtune.models.spec import ModelSpec
@@ -50,7 +55,6 @@ from widthtune.models.widths import Widths, round_width, smallest_width
 BATCH_NORMS = nn.modules.batchnorm._BatchNorm
 DEFAULT_CALIBRATION_BATCHES = 5
 DEFAULT_CACHE_SIZE = 32
-BN_STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
 
 
 class SupernetError(ValueError):
@@ -275,16 +279,16 @@ class Supernet(nn.Module):
         self._frame = self._make_frame()
 
     def _make_frame(self) -> _Frame | None:
-        """One re-sizable skeleton for every width vector, if it provably builds what materialize builds."""
+        """One re-sizable skeleton for every width vector, if it matches what materialize builds at a probe."""
         probe = probe_widths(self.min_widths, self.max_widths)
         reference = materialize(self.spec, probe)
         shapes = {key: tuple(t.shape) for key, t in reference.state_dict().items()}
         sliced = {key: tuple(t.shape) for key, t in self.extract(probe).items()}
         if sliced != shapes:  # the slicing itself is wrong: no skeleton would load what extract gives
-            wrong = next(key for key in shapes if sliced.get(key) != shapes[key])
+            wrong = next(key for key in {**shapes, **sliced} if sliced.get(key) != shapes.get(key))
             raise SupernetError(
                 f"{self.spec}: cannot slice {wrong}: {sliced.get(wrong)} cut from the supernet, "
-                f"{shapes[wrong]} in the model at {dict(probe)}"
+                f"{shapes.get(wrong)} in the model at {dict(probe)}"
             )
         try:
             frame = _Frame(copy.deepcopy(self.model).to("meta"), self.shared_space)
@@ -322,8 +326,11 @@ class Supernet(nn.Module):
                 raise SupernetError(
                     f"subnet: give widths or channel index sets, not both (group {counts[0]!r} has a count)"
                 )
-            kept = complete_kept(self.shared_space, {k: [int(i) for i in v] for k, v in dict(choice).items()})
-            kept_widths(self.shared_space, kept)  # minimums and divisors hold
+            raw = {
+                k: v.tolist() if isinstance(v, Tensor | np.ndarray) else list(v)
+                for k, v in dict(choice).items()
+            }
+            kept = complete_kept(self.shared_space, raw)
             widths = Widths.from_mapping(self.space, {name: len(kept[name]) for name in self.space.names})
         return self._cut(widths, kept)
 
