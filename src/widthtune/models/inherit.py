@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -53,7 +54,8 @@ def complete_kept(space: ChannelSpace, kept: KeptIndices) -> dict[str, tuple[int
             full[group.name] = tuple(range(group.base))
             continue
         raw = list(kept[group.name])
-        if any(isinstance(i, bool) or not isinstance(i, numbers.Integral) for i in raw):
+        exact = all(type(i) is int for i in raw)  # the common case, without the slow ABC check per index
+        if not exact and any(isinstance(i, bool) or not isinstance(i, numbers.Integral) for i in raw):
             raise ValueError(f"kept.{group.name}: channel indices must be integers")
         indices = sorted(int(i) for i in raw)
         if not indices:
@@ -146,81 +148,112 @@ def check_pad_shortcuts(model: nn.Module, space: ChannelSpace, kept: KeptIndices
                 )
 
 
+@dataclass(frozen=True)
+class Slice:
+    """One dim of one state-dict entry that a channel group slices, `factor` entries per channel."""
+
+    group: str
+    factor: int = 1  # a linear reading a flattened C x H x W input holds H*W entries per channel
+
+
+def expand_index(index: Tensor, factor: int) -> Tensor:
+    """Channel indices to entry indices when each channel owns `factor` consecutive entries."""
+    if factor == 1:
+        return index
+    return (index[:, None] * factor + torch.arange(factor, device=index.device)).flatten()
+
+
 class _SlicePlan:
-    """Which indices to keep along which dim of which state-dict entry, checked for size and conflicts."""
+    """Which group slices which dim of which state-dict entry, checked for size and conflicts."""
 
     def __init__(self, state: Mapping[str, Tensor]) -> None:
         self.state = state
-        self.cuts: dict[str, dict[int, Tensor]] = {}
+        self.slices: dict[str, dict[int, Slice]] = {}
 
-    def cut(self, key: str, dim: int, index: Tensor, size: int, group: str) -> None:
+    def cut(self, key: str, dim: int, group: ChannelGroup, factor: int = 1) -> None:
         if key not in self.state:
             return  # e.g. a conv without bias
-        actual = self.state[key].shape[dim]
+        actual, size = self.state[key].shape[dim], group.base * factor
         if actual != size:
             raise ValueError(
-                f"{key} has {actual} channels along dim {dim} but group {group} expects {size}: "
+                f"{key} has {actual} channels along dim {dim} but group {group.name} expects {size}: "
                 "inherit from a model at the space's base widths"
             )
-        previous = self.cuts.setdefault(key, {}).get(dim)
-        if previous is not None and not torch.equal(previous, index):
-            raise ValueError(f"{key}: two channel groups slice dim {dim} differently")
-        self.cuts[key][dim] = index
+        entry = Slice(group.name, factor)
+        previous = self.slices.setdefault(key, {}).setdefault(dim, entry)
+        if previous != entry:
+            raise ValueError(f"{key}: two channel groups slice dim {dim} ({previous.group}, {group.name})")
 
 
-def _plan_member(
-    plan: _SlicePlan, module: nn.Module, path: str, kind: str, group: ChannelGroup, index: Tensor
-) -> None:
-    name = group.name
+def _plan_member(plan: _SlicePlan, module: nn.Module, path: str, kind: str, group: ChannelGroup) -> None:
     if isinstance(module, nn.Conv2d):
         if is_depthwise(module) or kind == "out":
             if module.groups > 1 and not is_depthwise(module):
                 raise ValueError(f"{path}: grouped convs cannot inherit a channel subset")
-            plan.cut(f"{path}.weight", 0, index, group.base, name)
-            plan.cut(f"{path}.bias", 0, index, group.base, name)
+            plan.cut(f"{path}.weight", 0, group)
+            plan.cut(f"{path}.bias", 0, group)
         else:
             if module.groups > 1:
                 raise ValueError(f"{path}: grouped convs cannot inherit a channel subset")
-            plan.cut(f"{path}.weight", 1, index, group.base, name)
+            plan.cut(f"{path}.weight", 1, group)
     elif isinstance(module, nn.Linear):
         if kind == "out":
-            plan.cut(f"{path}.weight", 0, index, group.base, name)
-            plan.cut(f"{path}.bias", 0, index, group.base, name)
+            plan.cut(f"{path}.weight", 0, group)
+            plan.cut(f"{path}.bias", 0, group)
         else:  # a flatten lays each channel's k values side by side: channel c owns [c*k, (c+1)*k)
             factor, rest = divmod(module.in_features, group.base)
             if rest:
                 raise ValueError(f"{path}: {module.in_features} inputs are not a multiple of {group.base}")
-            expanded = (index[:, None] * factor + torch.arange(factor)).flatten()
-            plan.cut(f"{path}.weight", 1, expanded, group.base * factor, name)
+            plan.cut(f"{path}.weight", 1, group, factor)
     elif isinstance(module, NORMS):
         if isinstance(module, nn.LayerNorm) and len(module.normalized_shape) != 1:
             raise ValueError(f"{path}: only a LayerNorm over channels alone can be sliced")
         for key in BN_KEYS:
-            plan.cut(f"{path}.{key}", 0, index, group.base, name)
+            plan.cut(f"{path}.{key}", 0, group)
     else:
         raise ValueError(f"cannot slice {path!r}: it is {type(module).__name__}, not a conv, linear or norm")
 
 
-def inherit_weights(model: nn.Module, space: ChannelSpace, kept: KeptIndices) -> dict[str, Tensor]:
-    """State dict (CPU copies) for the model at `kept_widths(space, kept)`, cut from `model` at base widths."""
-    full = complete_kept(space, kept)
-    kept_widths(space, full)  # minimums and divisors hold
-    check_pad_shortcuts(model, space, full)
+def channel_slices(model: nn.Module, space: ChannelSpace) -> dict[str, dict[int, Slice]]:
+    """Per state-dict key of `model` (at the space's base widths), which group slices each of its dims.
+
+    Every member of every group is cut -- conv outputs and inputs, depthwise convs, norm affines and running
+    statistics, linear inputs after a flatten, raw parameters; keys no group touches are absent.
+    """
     modules = dict(model.named_modules())
-    state = model.state_dict()
-    plan = _SlicePlan(state)
+    plan = _SlicePlan(model.state_dict())
     for group in space:
-        index = torch.tensor(full[group.name], dtype=torch.long)
         for member in group.members:
             if member.kind == "param":
-                plan.cut(member.path, member.dim, index, group.base, group.name)
+                plan.cut(member.path, member.dim, group)
             else:
-                module = _module(modules, member.path)
-                _plan_member(plan, module, member.path, member.kind, group, index)
+                _plan_member(plan, _module(modules, member.path), member.path, member.kind, group)
+    return plan.slices
+
+
+def channel_cuts(model: nn.Module, space: ChannelSpace, kept: KeptIndices) -> dict[str, dict[int, Tensor]]:
+    """Per state-dict key, the kept entry indices along each sliced dim (see `channel_slices`).
+
+    Zero-pad shortcuts are not checked here (see `check_pad_shortcuts`): the cuts say what to keep, not
+    whether the smaller model then computes what the masked original computes.
+    """
+    full = complete_kept(space, kept)
+    kept_widths(space, full)  # minimums and divisors hold
+    indices = {name: torch.tensor(full[name], dtype=torch.long) for name in space.names}
+    return {
+        key: {dim: expand_index(indices[cut.group], cut.factor) for dim, cut in dims.items()}
+        for key, dims in channel_slices(model, space).items()
+    }
+
+
+def inherit_weights(model: nn.Module, space: ChannelSpace, kept: KeptIndices) -> dict[str, Tensor]:
+    """State dict (CPU copies) for the model at `kept_widths(space, kept)`, cut from `model` at base widths."""
+    cuts = channel_cuts(model, space, kept)
+    check_pad_shortcuts(model, space, kept)
     inherited: dict[str, Tensor] = {}
-    for key, tensor in state.items():
+    for key, tensor in model.state_dict().items():
         value = tensor.detach()
-        for dim, index in plan.cuts.get(key, {}).items():
+        for dim, index in cuts.get(key, {}).items():
             value = value.index_select(dim, index.to(value.device))
         inherited[key] = value.to("cpu", copy=True)
     return inherited
