@@ -6,6 +6,7 @@ it needs when it runs.
 
 from __future__ import annotations
 
+import errno
 import json
 import sys
 from pathlib import Path
@@ -460,6 +461,15 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except RunFailed as error:
         print(f"widthtune: error: {error}", file=sys.stderr)
+        sys.exit(1)
+    except OSError as error:
+        if error.errno != errno.ENOSPC:
+            raise
+        print(
+            f"widthtune: error: the disk is full ({error.filename or 'writing'}); nothing stored is lost: free "
+            "space, then `widthtune resume DIR`",
+            file=sys.stderr,
+        )
         sys.exit(1)
     except Exception as error:
         if not _is_user_error(error):

@@ -8,6 +8,7 @@ unless `storage` is a URI), and the report.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import time
@@ -39,9 +40,11 @@ from widthtune.platform.tracking import (
 from widthtune.platform.tracking_uri import check_tracking_uri
 from widthtune.results.files import EXPERIMENT_FILE
 from widthtune.results.roles import ARTIFACT
-from widthtune.results.store import write_artifact, write_trial
+from widthtune.results.store import read_trials, write_artifact, write_trial
+from widthtune.search_spaces.domains import Domain
 from widthtune.trainables.adapter import run_trial
 from widthtune.trainables.artifacts import ArtifactRecipe
+from widthtune.trainables.trial import BUNDLE_KEY
 
 FORMAT = "widthtune.experiment"
 # what every experiment state holds
@@ -152,13 +155,57 @@ def _trainable(config: ExperimentConfig) -> Any:
     return tune.with_resources(run_trial, {"cpu": config.resources.cpu, "gpu": config.resources.gpu})
 
 
-def _tuner(study: Study, config: ExperimentConfig, directory: Path, state: dict[str, Any]) -> Any:
+def torn_tune_state(path: str) -> str | None:
+    """Why Tune's saved state of a study cannot be trusted (a file cut short, e.g. by a full disk), or None."""
+    if "://" in path or not Path(path).is_dir():
+        return None
+    states = sorted(Path(path).glob("experiment_state-*.json"))
+    if not states:
+        return None
+    try:
+        json.loads(states[-1].read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        return f"{states[-1].name}: {error}"
+    return None
+
+
+def remaining_work(study: Study, rows: list[dict[str, Any]]) -> Study:
+    """The part of a study the store does not hold yet: the grid combinations no stored trial ran (as one
+    bundled grid), or for sampled spaces, as many new samples as trials are missing."""
+    stored = [json.loads(r["params_json"] or "{}") for r in rows if r["study"] == study.key]
+    grids = {k: d for k, d in study.domains.items() if d.kind == "grid"}
+    if len(grids) == len(study.domains) and study.num_samples == 1 and study.width_space is None:
+        combos = [
+            dict(zip(grids, values, strict=True))
+            for values in itertools.product(*(d.values for d in grids.values()))
+        ]
+        done = [c for c in combos if any(all(s.get(k) == v for k, v in c.items()) for s in stored)]
+        left = tuple(c for c in combos if c not in done)
+        return dataclasses.replace(study, domains={BUNDLE_KEY: Domain("grid", left)})
+    return dataclasses.replace(study, num_samples=max(0, study.expected_trials - len(stored)))
+
+
+def _tuner(
+    study: Study, config: ExperimentConfig, directory: Path, state: dict[str, Any], say: Callable[[str], None]
+) -> tuple[Any, Study]:
+    """The Tuner that runs (or continues) a study, and the study it runs (less, after a torn Tune state)."""
     from ray import tune
 
     path = f"{state['tune_storage']}/{study.key}"
     trainable = _trainable(config)
-    if tune.Tuner.can_restore(path):
-        return tune.Tuner.restore(
+    torn = torn_tune_state(path)
+    if torn is not None:
+        aside = f"{path}.torn-{int(time.time())}"
+        os.replace(path, aside)
+        study = remaining_work(study, read_trials(directory / "results"))
+        say(
+            f"study {study.key}: Tune's saved state is damaged ({torn}), moved to {aside}; running what the "
+            f"store does not hold ({study.expected_trials} trials)"
+        )
+        if study.expected_trials == 0:
+            return None, study
+    elif tune.Tuner.can_restore(path):
+        restored = tune.Tuner.restore(
             # an errored trial that is still ERROR ran out of retries for lost workers: resume tries it again
             path,
             trainable,
@@ -166,6 +213,7 @@ def _tuner(study: Study, config: ExperimentConfig, directory: Path, state: dict[
             resume_errored=True,
             restart_errored=False,
         )
+        return restored, study
     tracking = Tracking(**state["tracking"])
     callbacks = [
         TrialRecorder(str(directory), study.key, tracking, state["config_hash"]),
@@ -174,7 +222,7 @@ def _tuner(study: Study, config: ExperimentConfig, directory: Path, state: dict[
         ),
     ]
     searcher = make_searcher(study, config)
-    return tune.Tuner(
+    fresh = tune.Tuner(
         trainable,
         param_space={} if study.search.name == "optuna" else study.param_space(),
         tune_config=tune.TuneConfig(
@@ -195,6 +243,7 @@ def _tuner(study: Study, config: ExperimentConfig, directory: Path, state: dict[
             checkpoint_config=tune.CheckpointConfig(num_to_keep=4 if study.scheduler.name == "pbt" else 2),
         ),
     )
+    return fresh, study
 
 
 def create_experiment(config: ExperimentConfig) -> Path:
@@ -247,9 +296,15 @@ def _run_study(
     state["studies"][study.key] = "running"
     _write_state(directory, state)
     say(f"study {study.key}: {study.method}, search {study.search.name}, scheduler {study.scheduler.name}")
-    results = _tuner(study, config, directory, state).fit()
+    tuner, study = _tuner(study, config, directory, state, say)
+    if tuner is None:  # nothing left to run
+        state["studies"][study.key] = "done"
+        _write_state(directory, state)
+        return
+    results = tuner.fit()
     ended = results.num_terminated + results.num_errors
-    if ended < len(results) or ended < study.expected_trials:
+    stored = sum(r["study"] == study.key for r in read_trials(directory / "results"))
+    if ended < len(results) or stored < study.expected_trials:
         raise ExperimentInterrupted(
             f"study {study.key} was interrupted with trials unfinished; continue with: widthtune resume {directory}"
         )
