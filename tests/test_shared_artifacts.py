@@ -124,3 +124,32 @@ def test_a_method_file_declares_a_shared_baseline_and_runs_like_a_builtin(tmp_pa
     assert all(
         w * 2 in (b, b + 1) for r in students for w, b in zip(r["widths"], r["base_widths"], strict=True)
     )
+
+
+def test_a_failed_artifact_fails_only_the_studies_that_need_it_with_its_reason(tmp_path):
+    raw = config(
+        tmp_path,
+        "teacher-fails",
+        [
+            {"name": "uniform", "label": "plain"},
+            {
+                "name": "uniform",
+                "label": "student",
+                "distill": {"teacher": {"multiplier": 1.5, "train": {"lr": 1e12}}},
+            },
+        ],
+        cost_target={"ratio": 0.5},
+    )
+    lines: list[str] = []
+    directory = run_experiment(validate_config(raw), say=lines.append)
+    state = read_state(directory)
+    assert state["studies"]["plain"] == "done" and state["studies"]["student"] == "failed"
+    (record,) = read_artifacts(directory)
+    assert record["status"] == "failed" and "NonFiniteLossError" in record["reason"]
+    rows = {r["label"]: r for r in read_trials(directory) if r["role"] != "artifact"}
+    assert rows["plain"]["status"] == "completed"
+    assert rows["student"]["status"] == "errored" and "NonFiniteLossError" in rows["student"]["error"]
+    assert any("study student: not run" in line for line in lines)
+    # resume does not try the failed artifact again, and leaves the rest as it is
+    execute(directory, say=lambda line: None)
+    assert len(read_artifacts(directory)) == 1 and read_state(directory)["studies"]["student"] == "failed"

@@ -295,13 +295,17 @@ def _print_table(directory: Path) -> None:
 
 def _finish(directory: Path, write: bool = False) -> None:
     from widthtune.analysis.report import report_paths, write_report
+    from widthtune.platform.config import ConfigError
     from widthtune.platform.runner import read_state
     from widthtune.platform.tracking import ui_command
 
     md, page = write_report(directory) if write else report_paths(directory)
     _print_table(directory)
     print(f"report: {page}  (markdown: {md})")
-    print(f"MLflow UI: {ui_command(read_state(directory)['tracking']['uri'])}")
+    try:
+        print(f"MLflow UI: {ui_command(read_state(directory)['tracking']['uri'])}")
+    except ConfigError as error:  # a damaged experiment.json: the report came from the store alone
+        print(f"widthtune: warning: {error}", file=sys.stderr)
 
 
 def _check_outcome(directory: Path) -> None:
@@ -356,10 +360,12 @@ def report(directory: Annotated[Path, typer.Argument(help="the experiment direct
 
     Example: widthtune report runs/NAME
     """
-    from widthtune.platform.runner import read_state
+    from widthtune.results.files import EXPERIMENT_FILE
 
-    read_state(directory)
-    _finish(directory.expanduser().resolve(), write=True)
+    directory = directory.expanduser().resolve()
+    if not (directory / EXPERIMENT_FILE).is_file() and not (directory / "results" / "trials").is_dir():
+        raise InputError(f"{str(directory)!r} is not a widthtune experiment directory (no {EXPERIMENT_FILE})")
+    _finish(directory, write=True)
 
 
 @app.command()
