@@ -33,3 +33,23 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def tiny_task():
+    """A method's task at its smallest: ResNet-8 on a fifth of digits at 8 px, one epoch, half the MACs."""
+    from widthtune.models.cost import CostModel
+    from widthtune.models.registry import canonical_spec
+    from widthtune.trainables.task import Task
+    from widthtune.training import DataSpec, TrainConfig, load_dataset
+
+    spec = "resnet_cifar:depth=8"
+    cost_model = CostModel.from_spec(spec)
+    return Task(
+        model=canonical_spec(spec),
+        data=load_dataset(DataSpec("digits", resolution=8, fraction=0.2)),
+        train=TrainConfig(epochs=1),
+        cost_model=cost_model,
+        cost_target=0.5 * cost_model.base().macs,
+        seed=0,
+    )

@@ -5,31 +5,19 @@ import json
 
 import pytest
 
-from widthtune.models.cost import CostModel
 from widthtune.models.match import COST_TOLERANCE
-from widthtune.models.registry import canonical_spec
 from widthtune.models.widths import Widths
 from widthtune.platform.config import ConfigError, validate_config
 from widthtune.trainables.adapter import find_widths
 from widthtune.trainables.registry import registered
-from widthtune.trainables.task import Task
-from widthtune.training import DataSpec, TrainConfig, load_dataset
 
 SPEC = "resnet_cifar:depth=8"
 METHODS = sorted(registered())
 
 
 @pytest.fixture(scope="module")
-def task():
-    cost_model = CostModel.from_spec(SPEC)
-    return Task(
-        model=canonical_spec(SPEC),
-        data=load_dataset(DataSpec("digits", resolution=8, fraction=0.2)),
-        train=TrainConfig(epochs=1, batch_size=64),
-        cost_model=cost_model,
-        cost_target=0.5 * cost_model.base().macs,
-        seed=0,
-    )
+def task(tiny_task):
+    return tiny_task
 
 
 def settings(name, task):

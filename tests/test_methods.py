@@ -2,27 +2,15 @@
 
 import pytest
 
-from widthtune.models.cost import CostModel
-from widthtune.models.registry import canonical_spec
 from widthtune.trainables.adapter import find_widths
 from widthtune.trainables.registry import get_method, registered
-from widthtune.trainables.task import Task
-from widthtune.training import DataSpec, TrainConfig, load_dataset
 
 SPEC = "resnet_cifar:depth=8"
 
 
 @pytest.fixture(scope="module")
-def task():
-    cost_model = CostModel.from_spec(SPEC)
-    return Task(
-        model=canonical_spec(SPEC),
-        data=load_dataset(DataSpec("digits", resolution=8, fraction=0.2)),
-        train=TrainConfig(epochs=1),
-        cost_model=cost_model,
-        cost_target=0.5 * cost_model.base().macs,
-        seed=0,
-    )
+def task(tiny_task):
+    return tiny_task
 
 
 @pytest.mark.parametrize("name", ["uniform", "random"])

@@ -26,7 +26,6 @@ from widthtune.search_spaces.domains import Domain
 from widthtune.trainables.artifacts import ARTIFACT_DIR_KEY, MODEL_FILE, ArtifactRecipe
 
 ARTIFACTS_DIR = "artifacts"
-RECORD_FILE = "artifact.json"
 
 
 class ArtifactFailed(RuntimeError):

@@ -17,9 +17,6 @@ KINDS = ("sweep", "compare", "transfer")
 BASELINES = ("direct", "uniform")
 # experiment names and method labels: they become folder names, file names and MLflow filter values
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
-SEARCHES = ("random", "grid", "optuna")
-SAMPLERS = ("tpe", "nsga2", "gp")
-SCHEDULERS = ("fifo", "asha", "hyperband", "median", "pbt")
 OBJECTIVES = {
     "val_acc": "max",
     "val_loss": "min",
