@@ -188,7 +188,7 @@ def test_reparameterize_is_idempotent_and_refuses_other_models():
         ("repvgg:variant=C1", "variant='C1'; choose one of A0, A1, A2, B0, B1, B2, B3"),
         ("repvgg:stem=tiny", "stem='tiny'; choose one of imagenet, cifar"),
         ("repvgg:depth=3", "unknown option 'depth'"),
-        ("repvgg:width=0", "width=0 must be positive"),
+        ("repvgg:width=0", "width=0 must be in"),
     ],
 )
 def test_bad_options_are_named(spec, message):

@@ -57,7 +57,11 @@ def test_transfer_plan_runs_proxies_then_baselines_then_transfers_on_the_target(
         ({"transfer": None}, "transfer.projections: a transfer experiment needs projections"),
         ({"transfer": {"projections": [{"height": 2}]}}, r"transfer.projections\[0\]: projection.height"),
         (
-            {"transfer": {"grid": {"depth": [0.5]}}, "model": "vgg_cifar:depth=11"},
+            {
+                "transfer": {"grid": {"depth": [0.5]}},
+                "model": "vgg_cifar:depth=11",
+                "data": {"name": "digits", "resolution": 32},  # VGG pools 32 px down to 1
+            },
             "vgg_cifar models have no depth",
         ),
         (

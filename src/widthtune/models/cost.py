@@ -140,7 +140,9 @@ class CostModel:
     def from_spec(cls, spec: ModelSpec | str) -> CostModel:
         """Trace the base model a spec names once, in the form that ships (RepVGG: merged)."""
         from widthtune.models.registry import channel_space, deploy, input_shape, materialize
+        from widthtune.models.spec import parse_spec
 
+        spec = parse_spec(spec)  # once: every call below takes the parsed spec as it is
         model = deploy(spec, materialize(spec))
         return cls.trace(model, channel_space(spec), torch.zeros(input_shape(spec)))
 

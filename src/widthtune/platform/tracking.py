@@ -83,7 +83,7 @@ def source_tags(config_hash: str) -> dict[str, str]:
 def ui_command(uri: str) -> str:
     """The exact command that opens the MLflow UI on this store."""
     if uri.startswith("sqlite:"):
-        return f"mlflow ui --host 127.0.0.1 --backend-store-uri {uri}"
+        return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1"
     return f"open {uri} in a browser (MLflow tracking server)"
 
 

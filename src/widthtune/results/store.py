@@ -140,7 +140,7 @@ def _read(folder: Path, schema: pa.Schema) -> list[dict[str, Any]]:
 def results_root(path: str | Path) -> Path:
     """The store's folder: `path` itself, or its `results/` when `path` is an experiment folder."""
     path = Path(path).expanduser()
-    return path / "results" if (path / "results").is_dir() and not (path / "trials").is_dir() else path
+    return path / "results" if (path / "results").is_dir() else path
 
 
 def read_trial(root: str | Path, key: str) -> dict[str, Any] | None:

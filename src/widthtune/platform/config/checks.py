@@ -176,7 +176,14 @@ def check(config: ExperimentConfig) -> None:
             f"data.val_fraction: 0 leaves no validation split, which metric {config.metric} "
             "(scheduling and model selection) needs; choose a value in (0, 1)"
         )
-    cost_model = CostModel.from_spec(spec)
+    try:
+        cost_model = CostModel.from_spec(spec)
+    except RuntimeError as error:  # the model cannot run on its input (pooled below one pixel, say)
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(
+            f"model: {config.model!r} does not run at resolution {resolve_options(spec)['resolution']} "
+            f"(the data's): {first}; give data.resolution a size the model takes"
+        ) from None
     targets = _cost_targets(config, cost_model)
     for entry, label in zip(config.entries, config.labels(), strict=True):
         _check_method(config, entry, label, space)
