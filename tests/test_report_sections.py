@@ -111,7 +111,17 @@ def _store(directory, with_state=True):
             )
         )
     rows.append(
-        _trial("direct-s0__t12", "direct-s0", "direct", 12, lr=0.1, decay=1e-4, ratio=0.5, status="errored")
+        _trial(
+            "direct-s0__t12",
+            "direct-s0",
+            "direct",
+            12,
+            lr=0.1,
+            decay=1e-4,
+            ratio=0.5,
+            status="errored",
+            trained=1,
+        )
     )
     for j, ratio in enumerate((0.25, 0.5)):
         rows.append(_trial(f"uniform__u{j}", "uniform", "uniform", 20 + j, lr=0.05, decay=1e-4, ratio=ratio))

@@ -60,7 +60,7 @@ def learning_curves_plot(rows: list[dict[str, Any]], epochs: list[dict[str, Any]
     for ax in list(axes.flat)[len(panels) :]:
         ax.set_visible(False)
     legend = [Line2D([], [], color="grey", linestyle=s, label=status) for status, s in STATUS_STYLES.items()]
-    fig.legend(handles=legend, loc="lower right", fontsize=7, ncol=3)
+    axes[0, 0].legend(handles=legend, fontsize=7, loc="lower right")
     return save_figure(fig, path)
 
 

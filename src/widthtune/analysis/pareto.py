@@ -11,6 +11,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.ticker import EngFormatter
 
 from widthtune.analysis.grouping import method_group
 from widthtune.analysis.plots import save_figure
@@ -83,6 +84,7 @@ def pareto_plot(front: Front, path: Path) -> Path:
     costs = [r["macs"] for r in front.candidates]
     if costs and max(costs) > 10 * min(costs):
         ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(EngFormatter())
     ax.set_xlabel("MACs")
     ax.set_ylabel(f"{front.metric_name} ({ACCURACY_UNIT})")
     ax.grid(alpha=0.3)

@@ -102,7 +102,9 @@ def width_pattern_table(rows: list[dict[str, Any]]) -> tuple[tuple[str, ...], li
     patterns: dict[str, list[list[int]]] = {}
     names: list[str] = []
     bases: list[int] = []
-    for (label, target), seeds in sorted(by_seed([r for r in rows if r["widths"] and r["base_widths"]]).items()):
+    for (label, target), seeds in sorted(
+        by_seed([r for r in rows if r["widths"] and r["base_widths"]]).items()
+    ):
         chosen = [c for c in (select(v) for v in seeds.values()) if c is not None]
         if chosen:
             names, bases = chosen[0]["group_names"], chosen[0]["base_widths"]
@@ -203,7 +205,9 @@ def markdown_table(rows: list[ComparisonRow]) -> str:
 def _profiles(rows: list[dict[str, Any]]) -> tuple[list[str], dict[str, list[float]]]:
     names: list[str] = []
     profiles: dict[str, list[float]] = {}
-    for (label, target), seeds in sorted(by_seed([r for r in rows if r["widths"] and r["base_widths"]]).items()):
+    for (label, target), seeds in sorted(
+        by_seed([r for r in rows if r["widths"] and r["base_widths"]]).items()
+    ):
         chosen = [c for c in (select(v) for v in seeds.values()) if c is not None]
         if not chosen:
             continue
