@@ -324,3 +324,24 @@ def test_identity_and_provenance_keys_are_never_searched():
         ),
     ]
     assert searched_keys(rows) == ["transfer.projection"]
+
+
+def test_transfer_store_keeps_its_section_in_the_same_unit(tmp_path):
+    def stored(key, role, label, acc, **extra):
+        row, epochs = _trial(key, f"{label}-{role}", label, len(key), lr=0.05, decay=1e-4, ratio=0.5)
+        row.update(role=role, final_test_acc=acc, search_flops=4e9 if role == "direct" else 0.0, **extra)
+        write_trial(tmp_path / "t" / "results", row, epochs)
+
+    stored("d0", "direct", "direct", 0.8123)
+    stored("p0", "proxy", "direct", 0.5)
+    point = {"projection": "w0.5-d0.5-f0.5", "extrapolation": "stack-average-block", "overhead_ratio": 0.0625}
+    stored("t0", "target", "direct", 0.7981, overhead_flops=2.5e8, overhead_seconds=0.4, **point)
+    stored("u0", "baseline", "uniform", 0.7502)
+    md, _ = write_report(tmp_path / "t")
+    section = _section(md.read_text(), "Width transfer")
+    table = _table(section.split("\n### ", 1)[0])
+    assert table[0][4] == "target test acc % (mean ± std)"
+    assert [c[4] for c in table[1:]] == ["81.23 ± 0.00", "79.81 ± 0.00", "75.02 ± 0.00"]
+    assert (tmp_path / "t" / "report" / "transfer_curve.png").is_file()
+    pareto = {c[0] for c in _table(_section(md.read_text(), "Pareto front: accuracy against MACs"))[1:]}
+    assert "p0" not in pareto  # a proxy's MACs are another model's
