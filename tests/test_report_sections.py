@@ -210,7 +210,7 @@ def test_trial_table_has_every_trial_with_status_params_widths_and_mlflow_link(r
         expected = "-" if row["final_val_acc"] is None else f"{100 * row['final_val_acc']:.2f}"
         assert cells[5] == expected
         assert cells[7] == f"{row['epochs_trained']}/{row['epochs_planned']}"
-        url = f"{URI}/#/experiments/3/runs/{row['mlflow_run_id']}"
+        url = f"{URI}/#/experiments/3/runs/{row['mlflow_run_id']}?workflowType=machine_learning"
         assert cells[9] == f"[{row['mlflow_run_id']}]({url})"
         assert f"href='{url}'" in page
     uniform = next(c for c in body if c[0] == "uniform__u0")

@@ -10,6 +10,8 @@ from typing import Any
 
 from widthtune.results.files import EXPERIMENT_FILE
 
+ML_LAYOUT = "workflowType=machine_learning"
+
 
 def read_state(directory: Path) -> dict[str, Any]:
     """The experiment's saved state, or {} when the file is missing or unreadable."""
@@ -27,7 +29,8 @@ def mlflow_run_url(state: dict[str, Any], run_id: str | None) -> str | None:
     uri, experiment = str(tracking.get("uri") or ""), tracking.get("experiment_id")
     if not run_id or experiment is None or not uri.startswith(("http://", "https://")):
         return None
-    return f"{uri.rstrip('/')}/#/experiments/{experiment}/runs/{run_id}"
+    # MLflow 3's UI picks its GenAI or model-training layout from the URL (else the browser's last choice)
+    return f"{uri.rstrip('/')}/#/experiments/{experiment}/runs/{run_id}?{ML_LAYOUT}"
 
 
 def _when(seconds: float | None) -> str:
