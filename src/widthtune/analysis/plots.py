@@ -1,7 +1,8 @@
-"""Figures: width profiles relative to the base, and accuracy against cost."""
+"""Figures: width profiles relative to the base; how every figure is saved and inlined into the HTML report."""
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -28,25 +29,15 @@ def width_profile_plot(
     return save_figure(fig, path)
 
 
-def accuracy_cost_plot(
-    points: Mapping[str, Sequence[tuple[float, float]]], path: Path, xlabel: str = "MACs"
-) -> Path:
-    """Test accuracy against cost, one colour per method."""
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for label, xy in points.items():
-        if xy:
-            xs, ys = zip(*xy, strict=True)
-            ax.scatter(xs, ys, label=label, s=18, alpha=0.8)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("test accuracy")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return save_figure(fig, path)
-
-
 def save_figure(fig: plt.Figure, path: Path) -> Path:
+    """Write the figure as a PNG beside the report (Markdown links to it) and free it."""
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def data_uri(path: Path) -> str:
+    """A PNG as a data URI, so the HTML report carries its figures inside itself."""
+    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")

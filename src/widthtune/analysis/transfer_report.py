@@ -22,6 +22,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from widthtune.analysis.plots import save_figure, width_profile_plot
+from widthtune.analysis.units import ACCURACY_UNIT, accuracy_spread, percent
 from widthtune.results.roles import BASELINE, DIRECT, TARGET
 from widthtune.results.selection import mean_std, select, spent
 
@@ -154,7 +155,7 @@ TRANSFER_HEADER = (
     "widths from",
     "extrapolation",
     "seeds",
-    "target test acc (mean ± std)",
+    f"target test acc {ACCURACY_UNIT} (mean ± std)",
     "overhead saved (formula)",
     "overhead saved (measured)",
     "optimisation FLOPs",
@@ -169,7 +170,7 @@ def _pct(value: float) -> str:
 
 def transfer_cells(row: TransferRow) -> tuple[str, ...]:
     """A transfer row as printable cells."""
-    acc = "-" if row.seeds == 0 else f"{100 * row.test_acc_mean:.2f} ± {100 * row.test_acc_std:.2f}"
+    acc = "-" if row.seeds == 0 else accuracy_spread(row.test_acc_mean, row.test_acc_std)
     return (
         row.label,
         row.source,
@@ -216,32 +217,37 @@ def transfer_curve_plot(table: list[TransferRow], path: Path) -> Path:
             xs = [100 * _saved(r) for r in points]
             line = ax.errorbar(
                 xs,
-                [100 * r.test_acc_mean for r in points],
-                yerr=[100 * r.test_acc_std for r in points],
+                [percent(r.test_acc_mean) for r in points],
+                yerr=[percent(r.test_acc_std) for r in points],
                 marker="o",
                 capsize=3,
                 label=f"{label}: transferred ({rule})",
             )
             colour = colour or line[0].get_color()
             for r, x in zip(points, xs, strict=True):
-                ax.annotate(r.source, (x, 100 * r.test_acc_mean), fontsize=6)
+                ax.annotate(r.source, (x, percent(r.test_acc_mean)), fontsize=6)
         direct = [r for r in mine if r.source == "direct" and r.seeds]
         if direct:
             d = direct[0]
             ax.errorbar(
-                [0], [100 * d.test_acc_mean], yerr=[100 * d.test_acc_std], marker="s", capsize=3, color=colour
+                [0],
+                [percent(d.test_acc_mean)],
+                yerr=[percent(d.test_acc_std)],
+                marker="s",
+                capsize=3,
+                color=colour,
             )
             ax.axhline(
-                100 * d.test_acc_mean,
+                percent(d.test_acc_mean),
                 color=colour,
                 linestyle="--",
                 linewidth=0.9,
                 label=f"{label}: direct optimisation",
             )
     if uniform and uniform[0].seeds:
-        ax.axhline(100 * uniform[0].test_acc_mean, color="grey", linestyle=":", label="uniform baseline")
+        ax.axhline(percent(uniform[0].test_acc_mean), color="grey", linestyle=":", label="uniform baseline")
     ax.set_xlabel("width optimisation overhead saved (%, measured FLOPs)")
-    ax.set_ylabel("target test accuracy (%)")
+    ax.set_ylabel(f"target test accuracy ({ACCURACY_UNIT})")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return save_figure(fig, path)
