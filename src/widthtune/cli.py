@@ -303,7 +303,8 @@ def _finish(directory: Path, write: bool = False) -> None:
     _print_table(directory)
     print(f"report: {page}  (markdown: {md})")
     try:
-        print(f"MLflow UI: {ui_command(read_state(directory)['tracking']['uri'])}")
+        tracking = read_state(directory)["tracking"]
+        print(f"MLflow UI: {ui_command(tracking['uri'], tracking['experiment_id'])}")
     except ConfigError as error:  # a damaged experiment.json: the report came from the store alone
         print(f"widthtune: warning: {error}", file=sys.stderr)
 

@@ -80,11 +80,12 @@ def source_tags(config_hash: str) -> dict[str, str]:
     return tags
 
 
-def ui_command(uri: str) -> str:
-    """The exact command that opens the MLflow UI on this store."""
+def ui_command(uri: str, experiment_id: str | None = None) -> str:
+    """The exact command that opens the MLflow UI on this store (and the page of the experiment's runs)."""
+    page = f"/#/experiments/{experiment_id}?workflowType=machine_learning" if experiment_id else ""
     if uri.startswith("sqlite:"):
-        return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1"
-    return f"open {uri} in a browser (MLflow tracking server)"
+        return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1, then open http://127.0.0.1:5000{page}"
+    return f"open {uri.rstrip('/')}{page} in a browser (MLflow tracking server)"
 
 
 def open_parent_run(
