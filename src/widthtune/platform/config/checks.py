@@ -91,12 +91,13 @@ def _check_dataclass(cls: type, section: str, values: dict[str, Any], fixed: dic
                 f"{section}.{key}: {value!r} is not a value or a space ({{uniform: [a, b]}}, ...)"
             )
     constants, domains = split_spaces(values, section)
+    start = len(section) + 1
     for key, domain in domains.items():
-        default = fields[key.split(".", 1)[1]].default
+        default = fields[key[start:]].default
         for candidate in domain.candidates():
             _check_value_type(key, candidate, default)
     for key, value in constants.items():
-        _check_value_type(key, value, fields[key.split(".", 1)[1]].default)
+        _check_value_type(key, value, fields[key[start:]].default)
     start = len(section) + 1
     for assignment in _candidates(domains):
         kwargs = {k[start:]: v for k, v in {**constants, **assignment}.items()} | fixed
