@@ -98,7 +98,6 @@ def _check_dataclass(cls: type, section: str, values: dict[str, Any], fixed: dic
             _check_value_type(key, candidate, default)
     for key, value in constants.items():
         _check_value_type(key, value, fields[key[start:]].default)
-    start = len(section) + 1
     for assignment in _candidates(domains):
         kwargs = {k[start:]: v for k, v in {**constants, **assignment}.items()} | fixed
         if "milestones" in kwargs and isinstance(kwargs["milestones"], list):
