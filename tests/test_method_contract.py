@@ -72,3 +72,16 @@ def test_a_method_declares_itself(name):
     assert method.name == name and method.summary and not method.summary.endswith(".")
     assert set(method.fixed_keys) <= set(method.defaults)
     assert isinstance(method.optimises_widths, bool) and isinstance(method.keeps_weights, bool)
+
+
+def test_widthtune_methods_lists_every_method_with_its_summary_and_defaults(capsys, monkeypatch):
+    from widthtune.cli import main
+
+    monkeypatch.setenv("COLUMNS", "400")
+    with pytest.raises(SystemExit) as exited:
+        main(["methods"])
+    out = capsys.readouterr().out
+    assert exited.value.code == 0
+    for method in registered().values():
+        assert method.name in out and method.summary[:30] in out
+    assert "beta=2.0" in out and "multiplier=None" in out
