@@ -44,3 +44,14 @@ def test_resume_on_a_folder_that_cannot_be_written_says_so(frozen, capsys):
     err = capsys.readouterr().err.strip()
     assert exited.value.code == 2 and len(err.splitlines()) == 1, err
     assert "is not writable" in err and "Traceback" not in err
+
+
+def test_report_on_a_folder_that_cannot_be_written_names_out_and_writes_there(frozen, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["report", str(frozen)])
+    err = capsys.readouterr().err.strip()
+    assert exited.value.code == 2 and "is not writable" in err and "--out" in err, err
+    with pytest.raises(SystemExit) as exited:
+        main(["report", str(frozen), "--out", str(tmp_path / "elsewhere")])
+    assert exited.value.code == 0, capsys.readouterr().err
+    assert (tmp_path / "elsewhere" / "report.html").is_file()

@@ -57,6 +57,7 @@ USER_ERRORS = (
     ("widthtune.models.dependency", "UnsupportedModelError"),
     ("widthtune.models.export", "ExportError"),
     ("widthtune.analysis.trained", "TrainedTrialError"),
+    ("widthtune.results.files", "NotWritableError"),
 )
 
 
@@ -293,13 +294,13 @@ def _print_table(directory: Path) -> None:
     Console(width=None if sys.stdout.isatty() else 160).print(table)
 
 
-def _finish(directory: Path, write: bool = False) -> None:
-    from widthtune.analysis.report import report_paths, write_report
+def _finish(directory: Path) -> None:
+    from widthtune.analysis.report import report_paths
     from widthtune.platform.config import ConfigError
     from widthtune.platform.runner import read_state
     from widthtune.platform.tracking import ui_command
 
-    md, page = write_report(directory) if write else report_paths(directory)
+    md, page = report_paths(directory)
     _print_table(directory)
     print(f"report: {page}  (markdown: {md})")
     try:
@@ -356,17 +357,30 @@ def resume(directory: Annotated[Path, typer.Argument(help="the experiment direct
 
 
 @app.command()
-def report(directory: Annotated[Path, typer.Argument(help="the experiment directory")]) -> None:
+def report(
+    directory: Annotated[Path, typer.Argument(help="the experiment directory")],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="write the report here instead of DIRECTORY/report")
+    ] = None,
+) -> None:
     """Write report.md and report.html (table, accuracy vs MACs, width profiles) from the result store.
 
-    Example: widthtune report runs/NAME
+    Example: widthtune report runs/NAME --out /tmp/name-report
     """
-    from widthtune.results.files import EXPERIMENT_FILE
+    from widthtune.analysis.report import write_report
+    from widthtune.results.files import EXPERIMENT_FILE, check_writable
 
     directory = directory.expanduser().resolve()
     if not (directory / EXPERIMENT_FILE).is_file() and not (directory / "results" / "trials").is_dir():
         raise InputError(f"{str(directory)!r} is not a widthtune experiment directory (no {EXPERIMENT_FILE})")
-    _finish(directory, write=True)
+    target = out if out is not None else directory / "report"
+    existing = next(
+        p for p in (target.expanduser().absolute(), *target.expanduser().absolute().parents) if p.exists()
+    )
+    check_writable(existing if existing.is_dir() else existing.parent, "give --out a folder you can write to")
+    md, page = write_report(directory, out)
+    _print_table(directory)
+    print(f"report: {page}  (markdown: {md})")
 
 
 @app.command()

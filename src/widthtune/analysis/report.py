@@ -452,8 +452,8 @@ def _search(page: _Page, rows: list[dict[str, Any]], epochs: list[dict[str, Any]
         )
 
 
-def write_report(directory: Path) -> tuple[Path, Path]:
-    """Write report.md and report.html (with their figures) into the experiment directory.
+def write_report(directory: Path, out: Path | None = None) -> tuple[Path, Path]:
+    """Write report.md and report.html (with their figures) into the experiment directory (or `out`).
 
     In a transfer experiment the comparison covers the target's controls, and a transfer section adds the
     accuracy-vs-overhead table and curve and the width similarity to direct optimisation.
@@ -462,7 +462,7 @@ def write_report(directory: Path) -> tuple[Path, Path]:
     rows = read_trials(directory / "results")
     epochs = read_epochs(directory / "results")
     state = read_state(directory)
-    out = directory / "report"
+    out = Path(out).expanduser().resolve() if out is not None else directory / "report"
     out.mkdir(parents=True, exist_ok=True)
     target_side = [r for r in rows if r["role"] not in NOT_COMPARED]
     title = directory.name
@@ -511,7 +511,7 @@ def write_report(directory: Path) -> tuple[Path, Path]:
             )
             + "</ul>",
         )
-    md_path, html_path = report_paths(directory)
+    md_path, html_path = out / "report.md", out / "report.html"
     md_path.write_text("\n".join(page.md) + "\n")
     contents = "".join(f"<li><a href='#{a}'>{html.escape(t)}</a></li>" for a, t in page.contents)
     body = page.html[0] + f"<nav><ul>{contents}</ul></nav>" + "".join(page.html[1:])

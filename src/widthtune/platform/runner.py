@@ -38,7 +38,7 @@ from widthtune.platform.tracking import (
     sqlite_uri,
 )
 from widthtune.platform.tracking_uri import check_tracking_uri
-from widthtune.results.files import EXPERIMENT_FILE
+from widthtune.results.files import EXPERIMENT_FILE, NotWritableError, check_writable
 from widthtune.results.roles import ARTIFACT
 from widthtune.results.store import read_trials, write_artifact, write_trial
 from widthtune.search_spaces.domains import Domain
@@ -102,16 +102,6 @@ def start_ray(config: ExperimentConfig) -> None:
             raise ConfigError(
                 f"resources.{name}: {wanted} per trial, but the largest node of the Ray cluster has {largest} {key}s"
             )
-
-
-def check_writable(directory: Path, why: str) -> None:
-    """The folder takes new files (tried, not assumed: a read-only mount or an immutable folder refuses root too)."""
-    probe = Path(directory) / f".widthtune-write-test-{os.getpid()}"
-    try:
-        probe.write_text("")
-        probe.unlink()
-    except OSError as error:
-        raise ConfigError(f"{str(directory)!r} is not writable ({error.strerror}); {why}") from None
 
 
 def read_state(directory: Path) -> dict[str, Any]:
@@ -428,7 +418,10 @@ def execute(directory: Path, say: Callable[[str], None] = print) -> dict[str, An
     directory = Path(directory).expanduser().resolve()
     state = read_state(directory)
     config = validate_config(state["config"])
-    check_writable(directory, "resume writes its trials, checkpoints and report there")
+    try:
+        check_writable(directory, "resume writes its trials, checkpoints and report there")
+    except NotWritableError as error:
+        raise ConfigError(str(error)) from None
     route_library_logs(directory)
     stopped = clean_leftovers(directory)
     if stopped:
