@@ -21,7 +21,9 @@ Ray is started once, here, before either side (a new local instance), and one un
 its start-up settle. The sides alternate (`--repeats`, default 1; medians reported). Both sides must produce
 the same widths and, trial for trial, the same validation accuracy (the trainings are deterministic); the
 script checks that. Printed: both wall times, the ratio widthtune / bare (target <= 1.2), and the seconds of
-overhead per trial ((widthtune - bare) / N). On a shared machine other processes skew both sides (a warning is
+overhead per trial ((widthtune - bare) / N); then each side split at its first trial's start and last trial's
+report (Tune's `result.json` timestamps: fixed costs before and after, the trials in between), and the CPU
+seconds of the driver process on each side (it shares the cores with the trials). On a shared machine other processes skew both sides (a warning is
 printed when the load average says so). The script exits 0 either way and prints PASS or FAIL.
 """
 
@@ -61,6 +63,30 @@ LOW, HIGH = 0.25, 1.0
 LR_RANGE = (0.02, 0.2)
 # a trial's validation accuracy may differ between the sides by at most this (the same deterministic training)
 ACC_TOLERANCE = 1e-6
+
+
+@dataclass(frozen=True)
+class Timing:
+    """One side's wall seconds, the CPU seconds of this (the driver's) process in them, and the part before
+    the first trial started and after the last one reported (from Tune's `result.json` timestamps)."""
+
+    wall: float
+    driver_cpu: float
+    before_first: float
+    after_last: float
+
+
+def measure(started: float, ended: float, cpu: float, results: list[Path]) -> Timing:
+    """A side's timing; `started`/`ended` are `time.time()`, `results` its trials' `result.json` files."""
+    first, last = math.inf, -math.inf
+    for path in results:
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        if rows:
+            first = min(first, rows[0]["timestamp"] - rows[0]["time_this_iter_s"])
+            last = max(last, rows[-1]["timestamp"])
+    if not results or first == math.inf:
+        raise RuntimeError("no trial wrote a Tune result.json")
+    return Timing(ended - started, cpu, first - started, ended - last)
 
 
 @dataclass(frozen=True)
@@ -109,11 +135,11 @@ def bare_trial(config: dict[str, Any]) -> None:
     train(model, data, recipe, on_epoch=lambda record: tune.report(asdict(record)))
 
 
-def run_bare(sweep: Sweep, storage: Path, name: str) -> tuple[float, dict[tuple[float, int], float]]:
-    """Seconds for the bare sweep, and each trial's final val_acc by (lr, shape_seed)."""
+def run_bare(sweep: Sweep, storage: Path, name: str) -> tuple[Timing, dict[tuple[float, int], float]]:
+    """The bare sweep's timing, and each trial's final val_acc by (lr, shape_seed)."""
     from ray import tune
 
-    started = time.perf_counter()
+    started, cpu = time.time(), time.process_time()
     tuner = tune.Tuner(
         tune.with_resources(bare_trial, {"cpu": CPUS_PER_TRIAL}),
         param_space={
@@ -125,7 +151,9 @@ def run_bare(sweep: Sweep, storage: Path, name: str) -> tuple[float, dict[tuple[
         run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=0),
     )
     grid = tuner.fit()
-    elapsed = time.perf_counter() - started
+    timing = measure(
+        started, time.time(), time.process_time() - cpu, sorted((storage / name).glob("*/result.json"))
+    )
     accuracies = {}
     for result in grid:
         if result.error is not None:
@@ -133,7 +161,7 @@ def run_bare(sweep: Sweep, storage: Path, name: str) -> tuple[float, dict[tuple[
         accuracies[(float(result.config["lr"]), int(result.config["shape_seed"]))] = float(
             result.metrics["val_acc"]
         )
-    return elapsed, accuracies
+    return timing, accuracies
 
 
 def experiment_config(name: str, storage: Path, sweep: Sweep) -> dict[str, Any]:
@@ -158,17 +186,19 @@ def experiment_config(name: str, storage: Path, sweep: Sweep) -> dict[str, Any]:
     }
 
 
-def run_widthtune(sweep: Sweep, storage: Path, name: str) -> tuple[float, dict[tuple[float, int], float]]:
-    """Seconds for the whole `run_experiment` call, and each stored trial's final val_acc by (lr, shape_seed)."""
+def run_widthtune(sweep: Sweep, storage: Path, name: str) -> tuple[Timing, dict[tuple[float, int], float]]:
+    """The whole `run_experiment` call's timing, and each stored trial's final val_acc by (lr, shape_seed)."""
     from widthtune.platform.config import validate_config
     from widthtune.platform.runner import run_experiment
     from widthtune.results.store import read_trials
 
     config = validate_config(experiment_config(name, storage, sweep))
-    started = time.perf_counter()
+    started, cpu = time.time(), time.process_time()
     with redirect_stdout(io.StringIO()):  # the progress line
         directory = run_experiment(config, say=lambda _: None)
-    elapsed = time.perf_counter() - started
+    timing = measure(
+        started, time.time(), time.process_time() - cpu, sorted((directory / "tune").glob("*/*/result.json"))
+    )
     rows = read_trials(directory / "results")  # not `directory`: see results_root (its trials/ misleads it)
     accuracies = {}
     for row in rows:
@@ -180,7 +210,7 @@ def run_widthtune(sweep: Sweep, storage: Path, name: str) -> tuple[float, dict[t
         if row["widths"] != list(expected.values):
             raise RuntimeError(f"trial {key}: widths {row['widths']} differ from the bare side's {expected}")
         accuracies[key] = float(row["final_val_acc"])
-    return elapsed, accuracies
+    return timing, accuracies
 
 
 def compare(bare: dict[tuple[float, int], float], platform: dict[tuple[float, int], float], n: int) -> None:
@@ -234,8 +264,8 @@ def main() -> None:
         print(f"warning: load average {busy:.1f} before starting; other processes will skew the timings")
     quiet_logs()
     ray_seconds = start_ray()
-    bare_s: list[float] = []
-    platform_s: list[float] = []
+    bare_s: list[Timing] = []
+    platform_s: list[Timing] = []
     with tempfile.TemporaryDirectory(prefix="widthtune-many-trials-") as folder:
         storage = Path(folder)
         run_bare(make_sweep(2, 1), storage, "warm-up")  # untimed: lets Ray's start-up settle
@@ -244,18 +274,23 @@ def main() -> None:
             results = {}
             for side in order:
                 if side == "bare":
-                    seconds, results[side] = run_bare(sweep, storage, f"bare-{index}")
-                    bare_s.append(seconds)
+                    timing, results[side] = run_bare(sweep, storage, f"bare-{index}")
+                    bare_s.append(timing)
                 else:
-                    seconds, results[side] = run_widthtune(sweep, storage, f"many-trials-{index}")
-                    platform_s.append(seconds)
+                    timing, results[side] = run_widthtune(sweep, storage, f"many-trials-{index}")
+                    platform_s.append(timing)
             compare(results["bare"], results["widthtune"], sweep.trials)
             print(
-                f"repeat {index + 1}: bare {bare_s[-1]:.1f}s, widthtune {platform_s[-1]:.1f}s "
+                f"repeat {index + 1}: bare {bare_s[-1].wall:.1f}s, widthtune {platform_s[-1].wall:.1f}s "
                 f"(same {sweep.trials} trainings, same val_acc)",
                 flush=True,
             )
-    bare_m, platform_m = statistics.median(bare_s), statistics.median(platform_s)
+    bare_m = statistics.median(t.wall for t in bare_s)
+    platform_m = statistics.median(t.wall for t in platform_s)
+    bare_cpu = statistics.median(t.driver_cpu for t in bare_s)
+    platform_cpu = statistics.median(t.driver_cpu for t in platform_s)
+    bare_in = statistics.median(t.wall - t.before_first - t.after_last for t in bare_s)
+    platform_in = statistics.median(t.wall - t.before_first - t.after_last for t in platform_s)
     print()
     print(
         f"{sweep.trials} trials ({len(sweep.lrs)} lr x {len(sweep.shape_seeds)} shape seeds) of {MODEL} on "
@@ -268,6 +303,22 @@ def main() -> None:
     print(
         f"{'widthtune run_experiment end to end':40s} {platform_m:9.2f} {platform_m / sweep.trials:8.3f} "
         f"{platform_m / bare_m:7.2f}"
+    )
+    for label, runs in (("bare", bare_s), ("widthtune", platform_s)):
+        print(
+            f"  {label}: before the first trial starts {statistics.median(t.before_first for t in runs):.2f}s, "
+            f"first trial start to last trial report "
+            f"{statistics.median(t.wall - t.before_first - t.after_last for t in runs):.2f}s, "
+            f"after the last report {statistics.median(t.after_last for t in runs):.2f}s"
+        )
+    print(
+        f"  between the first trial's start and the last report: widthtune / bare {platform_in / bare_in:.2f}, "
+        f"{(platform_in - bare_in) / sweep.trials:.3f}s more per trial"
+    )
+    print(
+        f"driver process CPU (Tune's driver; widthtune's also the recorder, MLflow, Parquet, report): "
+        f"bare {bare_cpu:.1f}s, widthtune {platform_cpu:.1f}s ({(platform_cpu - bare_cpu) / sweep.trials:.3f}s "
+        "more per trial, on the cores the trials train on)"
     )
     print(f"overhead per trial: {(platform_m - bare_m) / sweep.trials:.3f} s")
     busy = os.getloadavg()[0]
