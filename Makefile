@@ -38,6 +38,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/cost_model.py
 	$(BIN)/python benchmarks/data.py
 	RAY_AUTH_MODE=disabled $(BIN)/python benchmarks/overhead.py
+	RAY_AUTH_MODE=disabled $(BIN)/python benchmarks/many_trials.py
+	RAY_AUTH_MODE=disabled $(BIN)/python benchmarks/schedulers.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache runs
