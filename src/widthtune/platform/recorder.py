@@ -15,7 +15,10 @@ from widthtune.models.artifact import WIDTHS_FILE, make_artifact
 from widthtune.models.registry import channel_space
 from widthtune.platform.tracking import Tracking, TrackingGuard, TrialRuns
 from widthtune.results.store import EpochJournal, read_trial, write_trial
+from widthtune.trainables.retraining import Retraining
 from widthtune.trainables.trial import expand_bundle
+from widthtune.training.datasets import DataSpec
+from widthtune.training.loop import TrainConfig
 
 # transfer provenance: flat config key -> trial row column (also an MLflow tag, widthtune.<key>)
 TRANSFER_COLUMNS = {
@@ -85,12 +88,12 @@ def trial_tags(config: dict[str, Any], study: str, role: str, config_hash: str) 
         "widthtune.role": str(config.get("role", role)),
         "widthtune.study": study,
         "widthtune.model": str(config.get("model")),
-        "widthtune.dataset": str(config.get("data.name", "digits")),
+        "widthtune.dataset": str(config.get("data.name", DataSpec.name)),
         "widthtune.cost_target": json.dumps(
             {k.split(".", 1)[1]: v for k, v in config.items() if k.startswith("cost_target.")}
         ),
         "widthtune.seed": str(config.get("seed")),
-        "widthtune.retrain": str(config.get("retrain.mode", "scratch-e")),
+        "widthtune.retrain": str(config.get("retrain.mode", Retraining.mode)),
         "widthtune.config_hash": config_hash,
     }
 
@@ -181,7 +184,7 @@ class TrialRecorder(tune.Callback):
         last = trial.last_result or {}
         epochs = EpochJournal(self.results_root).read(key)
         run_id = self._run(trial)
-        planned = int(last.get("epochs") or config.get("train.epochs", 30))
+        planned = int(last.get("epochs") or config.get("train.epochs", TrainConfig.epochs))
         trained = max((int(e["epoch"]) for e in epochs), default=0)
         status = "errored" if error else ("completed" if trained >= planned else "stopped")
         row: dict[str, Any] = {
@@ -194,7 +197,7 @@ class TrialRecorder(tune.Callback):
             "role": config.get("role", self.role),
             "config_hash": self.config_hash,
             "model": config.get("model"),
-            "dataset": config.get("data.name", "digits"),
+            "dataset": config.get("data.name", DataSpec.name),
             "seed": config.get("seed"),
             "epochs_planned": planned,
             "epochs_trained": trained,
@@ -217,7 +220,7 @@ class TrialRecorder(tune.Callback):
         for name in ("search_flops", "search_seconds"):
             row[name] = last.get(name)
         row.update({column: config.get(key) for key, column in TRANSFER_COLUMNS.items()})
-        row["retrain"] = config.get("retrain.mode", "scratch-e")
+        row["retrain"] = config.get("retrain.mode", Retraining.mode)
         checkpoint = getattr(trial, "checkpoint", None)
         row["checkpoint"] = checkpoint.path if checkpoint is not None else None
         if epochs:
