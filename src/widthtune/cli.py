@@ -296,13 +296,18 @@ def _print_table(directory: Path) -> None:
 
 def _finish(directory: Path) -> None:
     from widthtune.analysis.report import report_paths
-    from widthtune.platform.config import ConfigError
-    from widthtune.platform.runner import read_state
-    from widthtune.platform.tracking import ui_command
 
     md, page = report_paths(directory)
     _print_table(directory)
     print(f"report: {page}  (markdown: {md})")
+    _print_mlflow(directory)
+
+
+def _print_mlflow(directory: Path) -> None:
+    from widthtune.platform.config import ConfigError
+    from widthtune.platform.runner import read_state
+    from widthtune.platform.tracking import ui_command
+
     try:
         tracking = read_state(directory)["tracking"]
         print(f"MLflow UI: {ui_command(tracking['uri'], tracking['experiment_id'])}")
@@ -381,6 +386,7 @@ def report(
     md, page = write_report(directory, out)
     _print_table(directory)
     print(f"report: {page}  (markdown: {md})")
+    _print_mlflow(directory)
 
 
 @app.command()
