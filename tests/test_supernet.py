@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from widthtune.models.catalog import FamilyEntry
 from widthtune.models.inherit import mask_channels
 from widthtune.models.registry import FAMILIES, Family, channel_space, materialize
 from widthtune.models.space import ChannelGroup, ChannelSpace, Member
@@ -333,7 +334,7 @@ def pooled_family(members=(Member("0"), Member("1"), Member("4", "in"))):
             nn.Conv2d(3, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU(), FlatPool(c), nn.Linear(c, 10)
         )
 
-    return Family("pooled", defaults, space, build, "a test family")
+    return Family(FamilyEntry("pooled", "a test family", defaults), space, build)
 
 
 def test_a_model_the_frame_cannot_resize_gets_one_cached_skeleton_per_width_vector(monkeypatch):
