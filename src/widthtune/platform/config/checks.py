@@ -450,6 +450,11 @@ def _check_method(config: ExperimentConfig, entry: MethodEntry, label: str, spac
         raise ConfigError(
             "search.objectives: several objectives need search: optuna (sampler nsga2, tpe or gp)"
         )
+    if scheduler.name == "hyperband" and search.max_concurrent:
+        raise ConfigError(
+            "search.max_concurrent: Tune's HyperBand never fills a bracket under a concurrency limit (its trials "
+            "wait forever or all train to the end); leave max_concurrent out, or use scheduler asha"
+        )
     if scheduler.name == "pbt":
         if search.name == "optuna":
             raise ConfigError("scheduler: pbt explores by itself; use search: random with it, not optuna")
