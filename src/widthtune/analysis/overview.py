@@ -13,7 +13,7 @@ from widthtune.results.files import EXPERIMENT_FILE
 ML_LAYOUT = "workflowType=machine_learning"
 
 
-def read_state(directory: Path) -> dict[str, Any]:
+def state_if_readable(directory: Path) -> dict[str, Any]:
     """The experiment's saved state, or {} when the file is missing or unreadable."""
     path = Path(directory) / EXPERIMENT_FILE
     try:

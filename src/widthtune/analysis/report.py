@@ -21,7 +21,7 @@ from widthtune.analysis.curves import learning_curves_plot, optimisation_history
 from widthtune.analysis.grouping import method_group
 from widthtune.analysis.hyperparameters import best_configurations, value_text
 from widthtune.analysis.importance import importance_plot, param_importance
-from widthtune.analysis.overview import header_facts, read_state
+from widthtune.analysis.overview import header_facts, state_if_readable
 from widthtune.analysis.parallel import parallel_plot, slug
 from widthtune.analysis.pareto import pareto_front, pareto_plot
 from widthtune.analysis.plots import data_uri, width_profile_plot
@@ -461,7 +461,7 @@ def write_report(directory: Path, out: Path | None = None) -> tuple[Path, Path]:
     directory = Path(directory).expanduser().resolve()
     rows = read_trials(directory / "results")
     epochs = read_epochs(directory / "results")
-    state = read_state(directory)
+    state = state_if_readable(directory)
     out = Path(out).expanduser().resolve() if out is not None else directory / "report"
     out.mkdir(parents=True, exist_ok=True)
     target_side = [r for r in rows if r["role"] not in NOT_COMPARED]
