@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import logging
 import math
 import os
 import statistics
@@ -242,9 +241,10 @@ def start_ray() -> float:
 
 
 def quiet_logs() -> None:
-    """Keep MLflow's and Tune's INFO lines out of the benchmark's output."""
-    for name in ("mlflow", "alembic", "ray.tune", "ray.train"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    """Keep MLflow's, Optuna's and Ray's lines out of the benchmark's output (in a log file, as a run does)."""
+    from widthtune.platform.logs import route_library_logs  # with the platform, imported after Ray's setup
+
+    route_library_logs(Path(tempfile.mkdtemp(prefix="widthtune-bench-logs-")))
 
 
 def main() -> None:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import logging
 import os
 import statistics
 import tempfile
@@ -191,9 +190,10 @@ def print_summary(table: dict[str, dict[str, float]], seeds: int) -> None:
 
 
 def quiet_logs() -> None:
-    """Keep MLflow's and Tune's INFO lines out of the benchmark's output."""
-    for name in ("mlflow", "alembic", "ray.tune", "ray.train"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    """Keep MLflow's, Optuna's and Ray's lines out of the benchmark's output (in a log file, as a run does)."""
+    from widthtune.platform.logs import route_library_logs  # with the platform, imported after Ray's setup
+
+    route_library_logs(Path(tempfile.mkdtemp(prefix="widthtune-bench-logs-")))
 
 
 def main() -> None:
