@@ -450,7 +450,6 @@ def execute(directory: Path, say: Callable[[str], None] = print) -> dict[str, An
 
 def run_experiment(config: ExperimentConfig, say: Callable[[str], None] = print) -> Path:
     """Create the experiment, then run it (Ray is checked first: a request it cannot meet leaves nothing behind)."""
-    _environment()
     if config.tracking_uri:
         try:
             check_tracking_uri(config.tracking_uri)

@@ -146,7 +146,6 @@ def restore(trial_dir: Path, task: Task) -> tuple[TrainState, FoundWidths] | Non
     kill mid-write is skipped); None when the trial starts from scratch."""
     from ray import tune
 
-    candidates: list[Path] = []
     try:
         checkpoint = tune.get_checkpoint()
         if checkpoint is not None:
