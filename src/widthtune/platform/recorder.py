@@ -10,7 +10,7 @@ from typing import Any
 
 from ray import tune
 
-from widthtune.analysis.plots import width_profile_plot
+from widthtune.analysis.profile_svg import PROFILE_SVG, width_profile_svg
 from widthtune.models.artifact import WIDTHS_FILE, make_artifact
 from widthtune.models.registry import channel_space
 from widthtune.platform.tracking import Tracking, TrackingGuard, TrialRuns
@@ -258,9 +258,7 @@ class TrialRecorder(tune.Callback):
             artifacts.append(artifact.save(folder / WIDTHS_FILE))
             ratios = [w / b for w, b in zip(row["widths"], row["base_widths"], strict=True)]
             artifacts.append(
-                width_profile_plot(
-                    space.names, {key: ratios}, folder / "width_profile.png", title=f"{key} widths / base"
-                )
+                width_profile_svg(space.names, ratios, folder / PROFILE_SVG, title=f"{key} widths / base")
             )
         kept = read_trial(self.results_root, key)
         if kept is not None and kept["status"] == "completed" and status != "completed":
