@@ -277,7 +277,7 @@ def train_supernet(task: Task, params: Mapping[str, Any], net: _Supernet, target
                     arch_optimizer.step()
                     pass_images += len(y)
                     arch_steps += 1
-                    last = {"task_loss": float(task_loss), "cost_loss": float(penalty)}
+                    last = {"task_loss": float(task_loss.detach()), "cost_loss": float(penalty.detach())}
                 images += len(y)
                 step += 1
     net.scaler.scales = {}
