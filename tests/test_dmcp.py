@@ -131,3 +131,12 @@ def test_bad_hyperparameters_are_named(setting, message, tmp_path):
     raw = {"name": "d", "model": SPEC, "method": {"name": "dmcp", **setting}, "storage": str(tmp_path)}
     with pytest.raises(ConfigError, match=message):
         validate_config(raw)
+
+
+def test_the_expected_network_scales_each_sub_group_by_its_marginal_keep_probability():
+    chain = dmcp.Chain(minimum=2, size=3, count=2)
+    alphas = torch.tensor([0.0, 1.0])
+    first, second = 0.5, 0.5 * float(torch.sigmoid(torch.tensor(1.0)))
+    mask = dmcp.soft_mask(chain, alphas)
+    assert mask.tolist() == pytest.approx([1, 1, first, first, first, second, second, second])
+    assert float(mask.sum()) == pytest.approx(float(dmcp.expected_width(chain, alphas)))
