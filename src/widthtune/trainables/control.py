@@ -17,6 +17,7 @@ from typing import Any
 from widthtune.models.cost import CostModel
 from widthtune.models.registry import canonical_spec
 from widthtune.search_spaces.controls import guided_control, stage_ratios, transferred_guided, uniform_control
+from widthtune.trainables.artifacts import ArtifactContext, ArtifactRecipe
 from widthtune.trainables.method import Method
 from widthtune.trainables.registry import get_method, register
 from widthtune.trainables.task import SearchResult, Task
@@ -98,6 +99,14 @@ def check(params: Mapping[str, Any]) -> None:
         DataSpec(**merged["source_data"])
 
 
+def artifacts(params: Mapping[str, Any], context: ArtifactContext) -> Mapping[str, ArtifactRecipe]:
+    """The source method's shared artifacts (a pretrained baseline), when it prunes this trial's model and data."""
+    merged = {**DEFAULTS, **params}
+    if merged["source_model"] or merged["source_data"] is not None:
+        return {}  # another model or dataset: the source trains what it needs inside the trial
+    return get_method(str(merged["source"])).artifacts(dict(merged["source_params"] or {}), context)
+
+
 METHOD = register(
     Method(
         name="control",
@@ -105,5 +114,6 @@ METHOD = register(
         defaults=DEFAULTS,
         summary="Rethinking's controls: uniform or (transferred) guided pruning at a pruning method's cost",
         check=check,
+        artifacts=artifacts,
     )
 )
