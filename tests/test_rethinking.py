@@ -28,7 +28,7 @@ def rethinking_config(tmp_path, **fields):
             {
                 "name": "slimming",
                 **SLIMMING,
-                "retrain": {"mode": {"grid": ["finetune", "scratch-e", "scratch-b"]}},
+                "retrain": {"mode": {"grid": ["finetune", "scratch-e", "scratch-b"]}, "finetune_epochs": 2},
             },
             {"name": "control", "label": "guided", "kind": "guided", "source_params": SLIMMING},
         ],

@@ -6,11 +6,13 @@ import pytest
 
 from widthtune.trainables.retraining import (
     RETRAIN_MODES,
+    Retraining,
     finetune_lr,
     rescale_recipe,
     retrain_recipe,
 )
-from widthtune.training import TrainConfig, learning_rate
+from widthtune.training import DataSpec, TrainConfig, learning_rate
+from widthtune.training.datasets import DATASET_NAMES, DATASET_SCALE
 
 CIFAR = TrainConfig(epochs=160, lr=0.1, schedule="multistep", milestones=(80, 120), gamma=0.1)
 IMAGENET = TrainConfig(epochs=90, lr=0.1, schedule="step", step_size=30, gamma=0.1)
@@ -78,8 +80,16 @@ def test_cosine_finetune_rate_is_the_mean_of_the_last_quarter():
     assert finetune_lr(recipe) == pytest.approx(sum(tail) / len(tail), rel=1e-2)  # a discrete sum
 
 
-def test_finetune_epochs_default_to_the_recipe():
-    assert retrain_recipe("finetune", CIFAR, 2.0, 1.0).epochs == 160
+def test_finetune_epochs_default_to_the_chapters_budget_by_the_datasets_scale():
+    assert retrain_recipe("finetune", CIFAR, 2.0, 1.0).epochs == 40
+    assert retrain_recipe("finetune", IMAGENET, 2.0, 1.0, large_scale=True).epochs == 20
+    assert DataSpec(name="cifar100").scale == "cifar" and DataSpec(name="imagenet").scale == "imagenet"
+    assert DataSpec(name="imagefolder").scale == "imagenet" and DataSpec(name="digits").scale == "cifar"
+    assert Retraining("finetune").recipe(CIFAR, 2.0, 1.0, DataSpec(name="cifar10").scale).epochs == 40
+    assert Retraining("finetune").recipe(IMAGENET, 2.0, 1.0, DataSpec(name="imagenet").scale).epochs == 20
+    assert Retraining("finetune", large_scale=False).recipe(IMAGENET, 2.0, 1.0, "imagenet").epochs == 40
+    assert Retraining("finetune", finetune_epochs=7).recipe(CIFAR, 2.0, 1.0, "cifar").epochs == 7
+    assert set(DATASET_SCALE) == set(DATASET_NAMES)  # every dataset declares its scale
 
 
 def test_rescale_recipe_shrinks_too():

@@ -299,7 +299,7 @@ def _run_trial(config: dict[str, Any]) -> None:
         trial.train,
         float(cost_model.base().flops),
         float(cost_model.evaluate(found.widths).flops),
-        trial.data.name,
+        trial.data.scale,
     )
     model = materialize(trial.model, found.widths, seed=recipe.seed)
     if resume is None:

@@ -100,6 +100,11 @@ class DataSpec:
             )
 
     @property
+    def scale(self) -> str:
+        """`cifar` or `imagenet`: which of the papers' training budgets this dataset takes (DATASET_SCALE)."""
+        return DATASET_SCALE[self.name]
+
+    @property
     def worker_count(self) -> int:
         """Loader worker processes: `workers`, or as many as the CPUs this process trains with (a trial's)."""
         return self.workers if self.workers is not None else torch.get_num_threads()
@@ -396,6 +401,17 @@ LOADERS: dict[str, Callable[[DataSpec], _Raw]] = {
     "synthetic": _synthetic,
 }
 DATASET_NAMES: tuple[str, ...] = tuple(LOADERS)
+# each dataset's scale, as the papers' budgets tell them apart: "imagenet" (folders of full-size images;
+# Rethinking caps Scratch-B at 2x and fine-tunes 20 epochs) or "cifar" (small images; fine-tunes 40 epochs)
+DATASET_SCALE: dict[str, str] = {
+    "cifar10": "cifar",
+    "cifar100": "cifar",
+    "digits": "cifar",
+    "imagefolder": "imagenet",
+    "imagenet": "imagenet",
+    "shapes": "cifar",
+    "synthetic": "cifar",
+}
 
 
 def check_dataset(spec: DataSpec) -> None:
