@@ -106,7 +106,13 @@ def search(task: Task) -> SearchResult:
         "source_stage_ratios": {str(k): v for k, v in stage_ratios(pruned.widths).items()},
         "multiplier": multiplier,
     }
-    return SearchResult(widths, search_flops=pruned.search_flops, match_target=False, info=info)
+    return SearchResult(
+        widths,
+        search_flops=pruned.search_flops,
+        match_target=False,
+        info=info,
+        bn_gamma_init=pruned.bn_gamma_init,  # trained from scratch as the source's own models are
+    )
 
 
 def check(params: Mapping[str, Any]) -> None:
