@@ -3,6 +3,7 @@
 import math
 
 import pytest
+import torch
 
 from widthtune.trainables.retraining import (
     RETRAIN_MODES,
@@ -117,3 +118,21 @@ def test_rescale_recipe_shrinks_too():
 def test_errors_name_the_field(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_final_train_full_trains_on_training_and_validation_with_the_test_set_untouched():
+    from widthtune.training import load_dataset
+
+    data = load_dataset(DataSpec(name="shapes", size=200, resolution=8, val_fraction=0.2))
+    assert Retraining().training_data(data) is data  # default: the validation split stays held out
+    full = Retraining(final_train="full").training_data(data)
+    assert len(full.train_y) == len(data.train_y) + len(data.val_y)
+
+    assert torch.equal(full.train_x[: len(data.train_y)], data.train_x)
+    assert torch.equal(full.train_x[len(data.train_y) :], data.val_x)
+    assert torch.equal(full.test_x, data.test_x) and torch.equal(full.val_x, data.val_x)
+    assert full.mean == data.mean  # normalised by the training split's statistics, as before
+    with pytest.raises(
+        ValueError, match=r"retrain.final_train: 'all' is not allowed; choose one of: split, full"
+    ):
+        Retraining(final_train="all")

@@ -333,7 +333,7 @@ def _run_trial(config: dict[str, Any]) -> None:
     try:
         history = train(
             model,
-            task.data,
+            trial.retrain.training_data(task.data),  # the search had the training split; the test set never
             recipe,
             resume=resume,
             on_checkpoint=latest.append,

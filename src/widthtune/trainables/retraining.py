@@ -22,9 +22,14 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from widthtune.search_spaces.domains import split_spaces
+from widthtune.training.datasets import DatasetSplits, with_validation_in_training
 from widthtune.training.loop import TrainConfig
+from widthtune.training.streaming import StreamedSplits
 
 RETRAIN_MODES = ("scratch-e", "scratch-b", "finetune")
+# what the final retraining of found widths trains on: the training split (the validation split held out, as
+# the search had it) or the whole training set (training + validation, as the papers report); never the test set
+FINAL_TRAIN = ("split", "full")
 LARGE_SCALE_BUDGET_CAP = 2.0  # Rethinking: on ImageNet, Scratch-B at most doubles the epochs
 # Rethinking: "For CIFAR, training/fine-tuning takes 160/40 epochs. For ImageNet, ... 90/20 epochs."
 FINETUNE_EPOCHS = {"cifar": 40, "imagenet": 20}
@@ -122,6 +127,7 @@ class Retraining:
     mode: str = "scratch-e"
     finetune_epochs: int | None = None
     large_scale: bool | None = None
+    final_train: str = "split"
 
     def __post_init__(self) -> None:
         if self.mode not in RETRAIN_MODES:
@@ -131,6 +137,10 @@ class Retraining:
         epochs = self.finetune_epochs
         if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
             raise ValueError(f"retrain.finetune_epochs: {epochs!r} is not allowed; choose an integer >= 1")
+        if self.final_train not in FINAL_TRAIN:
+            raise ValueError(
+                f"retrain.final_train: {self.final_train!r} is not allowed; choose one of: {', '.join(FINAL_TRAIN)}"
+            )
         if self.large_scale is not None and not isinstance(self.large_scale, bool):
             raise ValueError(
                 f"retrain.large_scale: {self.large_scale!r} is not allowed; choose true or false"
@@ -146,6 +156,10 @@ class Retraining:
         return retrain_recipe(
             self.mode, recipe, full_cost, pruned_cost, large_scale=large, finetune_epochs=self.finetune_epochs
         )
+
+    def training_data(self, data: DatasetSplits | StreamedSplits) -> DatasetSplits | StreamedSplits:
+        """What the found widths train on: the training split, or with `final_train: full` training + validation."""
+        return with_validation_in_training(data) if self.final_train == "full" else data
 
 
 RETRAIN_FIELDS = tuple(f.name for f in fields(Retraining))

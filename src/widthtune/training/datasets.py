@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import pickle
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -457,6 +457,18 @@ def _train_val(labels: Tensor, spec: DataSpec) -> tuple[Tensor, Tensor]:
     subset = labels if kept is None else labels[kept]
     val, train = _split(subset, spec.val_fraction, torch.Generator().manual_seed(spec.seed + 1))
     return (train, val) if kept is None else (kept[train], kept[val])
+
+
+def with_validation_in_training(data: DatasetSplits | StreamedSplits) -> DatasetSplits | StreamedSplits:
+    """The splits with the validation images added to training (a final retraining on the whole training set,
+    as the papers report); the test split is untouched, the normalisation stays the training split's."""
+    if isinstance(data, StreamedSplits):
+        return replace(data, train_index=torch.cat([data.train_index, data.val_index]))
+    return replace(
+        data,
+        train_x=torch.cat([data.train_x, data.val_x]),
+        train_y=torch.cat([data.train_y, data.val_y]),
+    )
 
 
 def load_dataset(spec: DataSpec) -> DatasetSplits | StreamedSplits:
