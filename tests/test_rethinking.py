@@ -89,5 +89,5 @@ def test_slimming_retrained_three_ways_against_a_guided_control(tmp_path):
     params = json.loads(slimming["finetune"]["params_json"])
     assert params["retrain.mode"] == "finetune" and params["method.ratio"] == 0.5
     report = (directory / "report" / "report.md").read_text()
-    assert "| method | cost target | Fine-tuned | Scratch-E | Scratch-B |" in report
+    assert "| method | cost target | params | Fine-tuned | Scratch-E | Scratch-B |" in report
     assert "Width pattern" in report and "| conv1 |" in report
