@@ -9,8 +9,8 @@ subgradient sign(gamma)). Channels are then ranked across all groups at once:
   since the stream's channels are kept or removed together, the mean over those BNs is the one number that
   says how much the whole stream uses the channel;
 - the lowest-scored channels go first, globally; a group that reaches its smallest legal width (never 0)
-  stops losing channels and the threshold moves on to the others, so a ratio is met exactly in channels
-  (up to divisor rounding where a group's divisor is above 1);
+  stops losing channels and the threshold moves on to the others, so a ratio is met as closely as whole
+  channels allow (up to divisor rounding where a group's divisor is above 1);
 - `prune: ratio` removes round(ratio x prunable BN channels), counted per BN layer as the reference code
   counts them: removing a channel of a stream written by k BNs removes k BN channels (on a plain net, one
   group is one BN, so BN channels are channels); `prune: cost` bisects the number of removed
