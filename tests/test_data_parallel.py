@@ -40,9 +40,11 @@ def test_the_workers_shares_of_an_epoch_are_disjoint_equal_and_together_the_epoc
 
 def test_resources_of_a_data_parallel_trial_are_checked_by_field():
     base = {"name": "x", "model": "resnet_cifar:depth=8", "method": "uniform", "data": {"name": "digits"}}
-    config = validate_config({**base, "resources": {"workers": 4, "cpu_per_worker": 2, "gpu_per_worker": 0.5}})
+    config = validate_config(
+        {**base, "resources": {"workers": 4, "cpu_per_worker": 2, "gpu_per_worker": 0.5}}
+    )
     assert config.resources.distributed and config.resources.per_trial() == (8, 2)
-    with pytest.raises(ConfigError, match="resources.workers"):
+    with pytest.raises(ConfigError, match=r"resources\.workers"):
         validate_config({**base, "resources": {"workers": 0}})
 
 
@@ -109,7 +111,9 @@ def test_a_two_worker_trial_matches_the_single_process_band_and_resumes_after_it
     )
     assert single.returncode == 0, single.stderr[-3000:]
     path = experiment(tmp_path, "ddp", {"workers": 2, "cpu_per_worker": 1})
-    run = subprocess.Popen([*COMMAND, str(path)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    run = subprocess.Popen(
+        [*COMMAND, str(path)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     results = tmp_path / "ddp" / "results"
     killed = []
     deadline = time.time() + 500
