@@ -133,5 +133,14 @@ def test_a_two_worker_trial_matches_the_single_process_band_and_resumes_after_it
     assert sorted(e["epoch"] for e in read_epochs(tmp_path / "ddp")) == list(range(1, 9))
     assert journal_epochs(results).count(1) == 1  # continued from the checkpoint, never from epoch zero
     assert parallel["macs"] == alone["macs"]  # the same widths: searched once, on rank 0
-    assert alone["test_acc"] >= 0.6, alone["test_acc"]
-    assert abs(parallel["test_acc"] - alone["test_acc"]) <= 0.1, (parallel["test_acc"], alone["test_acc"])
+    assert alone["final_test_acc"] >= 0.6, alone["final_test_acc"]
+    assert abs(parallel["final_test_acc"] - alone["final_test_acc"]) <= 0.1, (parallel["final_test_acc"], alone["final_test_acc"])
+
+
+def test_a_data_parallel_trial_larger_than_the_cluster_is_refused_before_anything_starts(tmp_path):
+    path = experiment(tmp_path, "too-wide", {"workers": 8, "cpu_per_worker": 1})
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    done = subprocess.run([*COMMAND, str(path)], env=env, capture_output=True, text=True)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert "resources: 8 workers need 8 CPUs per trial, but the Ray cluster has" in done.stderr
+    assert not (tmp_path / "too-wide").exists()

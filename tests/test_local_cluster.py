@@ -82,7 +82,7 @@ def test_a_submitted_job_on_the_local_cluster_completes_with_its_results_in_stor
     assert "SUCCEEDED" in done.stdout
     rows = read_trials(storage / "submitted" / "results")
     assert len(rows) == 2 and all(r["status"] == "completed" for r in rows)
-    assert all(r["epochs_done"] == 2 for r in rows) if "epochs_done" in rows[0] else True
+    assert all(r["epochs_trained"] == 2 for r in rows)
     # the submitted experiment's storage continues like any other, on the same cluster
     resumed = widthtune("resume", str(storage / "submitted"), env={"RAY_ADDRESS": f"127.0.0.1:{port}"})
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -100,3 +100,12 @@ def test_submit_to_an_address_where_no_dashboard_answers_is_one_line(tmp_path):
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
     assert f"--address: no Ray dashboard answers at http://127.0.0.1:{port}" in done.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_cluster_stop_without_a_cluster_and_bad_nodes_are_one_line():
+    port = free_port_from(6590)
+    done = widthtune("cluster", "stop", "--port", str(port))
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert f"no local cluster was started from /tmp/widthtune-cluster-{port}" in done.stderr
+    done = widthtune("cluster", "local", "--nodes", "0", "--port", str(port))
+    assert done.returncode == 2 and "--nodes: 0 is not allowed; choose 1 or more" in done.stderr

@@ -31,6 +31,7 @@ from widthtune.trainables.adapter import (
     save_trial_state,
     starting_weights,
     trial_task,
+    worker_cost_model,
 )
 from widthtune.trainables.trial import TrialSpec, expand_bundle
 from widthtune.training.data_parallel import Shard
@@ -145,8 +146,10 @@ def _run_data_parallel(config: dict[str, Any]) -> None:
     from ray import tune
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train._internal.session import get_storage  # DeveloperAPI: the Tune trial's storage, URI included
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    storage = get_storage()
     flat = expand_bundle(config)
     trial_dir = Path(tune.get_context().get_trial_dir())
     workers = int(flat["resources.workers"])
@@ -159,8 +162,10 @@ def _run_data_parallel(config: dict[str, Any]) -> None:
         torch_config=TorchConfig(backend="nccl" if gpu >= 1 else "gloo"),
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpu > 0, resources_per_worker=per_worker),
         run_config=RunConfig(
+            # the Train run lives in the trial's folder in Tune's storage (shared, or a URI), not on this node
             name=TRAIN_RUN,
-            storage_path=str(trial_dir),
+            storage_path=storage.trial_fs_path,
+            storage_filesystem=storage.storage_filesystem,
             failure_config=FailureConfig(max_failures=int(flat.get("infra_retries", 3))),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             callbacks=[TuneReportCallback()],
@@ -170,7 +175,7 @@ def _run_data_parallel(config: dict[str, Any]) -> None:
     metrics = result.metrics or {}
     if "widths" in metrics and not (trial_dir / WIDTHS_FILE).is_file():
         trial = TrialSpec.parse(config)
-        widths = Widths.from_mapping(trial_task(trial)[0].space, metrics["widths"])
+        widths = Widths.from_mapping(worker_cost_model(trial.model).space, metrics["widths"])
         make_artifact(trial.model, widths, method=trial.method, provenance={"trial": dict(trial.flat)}).save(
             trial_dir / WIDTHS_FILE
         )
