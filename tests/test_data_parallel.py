@@ -134,7 +134,10 @@ def test_a_two_worker_trial_matches_the_single_process_band_and_resumes_after_it
     assert journal_epochs(results).count(1) == 1  # continued from the checkpoint, never from epoch zero
     assert parallel["macs"] == alone["macs"]  # the same widths: searched once, on rank 0
     assert alone["final_test_acc"] >= 0.6, alone["final_test_acc"]
-    assert abs(parallel["final_test_acc"] - alone["final_test_acc"]) <= 0.1, (parallel["final_test_acc"], alone["final_test_acc"])
+    assert abs(parallel["final_test_acc"] - alone["final_test_acc"]) <= 0.1, (
+        parallel["final_test_acc"],
+        alone["final_test_acc"],
+    )
 
 
 def test_a_data_parallel_trial_larger_than_the_cluster_is_refused_before_anything_starts(tmp_path):

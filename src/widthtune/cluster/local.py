@@ -90,7 +90,8 @@ def _ray_start(arguments: list[str], temp_dir: Path) -> None:
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         stop_local_cluster(temp_dir)
-        tail = " ".join((done.stderr or done.stdout).split()[-60:])
+        lines = [line.strip() for line in (done.stderr or done.stdout).splitlines() if line.strip()]
+        tail = lines[-1] if lines else f"exit status {done.returncode}"
         raise ClusterError(f"`ray start {' '.join(arguments[:2])}` failed: {tail}")
 
 

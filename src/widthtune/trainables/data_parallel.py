@@ -145,8 +145,10 @@ def train_worker(config: dict[str, Any]) -> None:
 def _run_data_parallel(config: dict[str, Any]) -> None:
     from ray import tune
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+
+    # DeveloperAPI: the Tune trial's storage (a URI included), where its Train run must live too
+    from ray.train._internal.session import get_storage
     from ray.train.torch import TorchConfig, TorchTrainer
-    from ray.train._internal.session import get_storage  # DeveloperAPI: the Tune trial's storage, URI included
     from ray.tune.integration.ray_train import TuneReportCallback
 
     storage = get_storage()
