@@ -115,16 +115,20 @@ def test_a_two_worker_trial_matches_the_single_process_band_and_resumes_after_it
         [*COMMAND, str(path)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
     results = tmp_path / "ddp" / "results"
-    killed = []
+    killed, before, seen = [], set(), set()
     deadline = time.time() + 500
-    while time.time() < deadline and run.poll() is None and not killed:
+    while time.time() < deadline and run.poll() is None:
+        workers = set(train_workers(run.pid))
+        seen |= workers
         epochs = journal_epochs(results)
-        if epochs and max(epochs) >= 3:
-            killed = train_workers(run.pid)[:1]  # one of the two workers: Train restarts the group
+        if not killed and epochs and max(epochs) >= 3 and len(workers) == 2:
+            before = set(seen)
+            killed = sorted(workers)[:1]  # one of the two workers: Train restarts the group
             for pid in killed:
                 os.kill(pid, signal.SIGKILL)
         time.sleep(0.3)
     assert killed, "the trial ended before a worker could be killed"
+    assert seen - before, "no new Train worker started after the kill"  # the worker group was restarted
     _, err = run.communicate(timeout=600)
     assert run.returncode == 0, err[-3000:]
     (alone,) = read_trials(tmp_path / "single")
