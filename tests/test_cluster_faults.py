@@ -4,6 +4,7 @@ remaining node, every trial is stored exactly once in Parquet and MLflow, and no
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -121,3 +122,4 @@ def test_a_trial_outlives_its_worker_nodes_raylet_and_is_stored_once(tmp_path):
     finally:
         stop_local_cluster(Path(cluster.temp_dir))
         assert node_processes(cluster.temp_dir) == []
+        shutil.rmtree(cluster.temp_dir, ignore_errors=True)

@@ -137,6 +137,26 @@ def test_a_two_worker_trial_matches_the_single_process_band_and_resumes_after_it
     assert sorted(e["epoch"] for e in read_epochs(tmp_path / "ddp")) == list(range(1, 9))
     assert journal_epochs(results).count(1) == 1  # continued from the checkpoint, never from epoch zero
     assert parallel["macs"] == alone["macs"]  # the same widths: searched once, on rank 0
+    # the trained DDP model exports from its Train run's last checkpoint
+    out = tmp_path / "ddp.pt"
+    exported = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "widthtune.cli",
+            "export",
+            str(tmp_path / "ddp"),
+            "--best",
+            "--format",
+            "torchscript",
+            "--out",
+            str(out),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert exported.returncode == 0 and "after epoch 8" in exported.stdout, exported.stderr[-2000:]
     assert alone["final_test_acc"] >= 0.6, alone["final_test_acc"]
     assert abs(parallel["final_test_acc"] - alone["final_test_acc"]) <= 0.1, (
         parallel["final_test_acc"],

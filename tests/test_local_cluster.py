@@ -3,6 +3,7 @@ ports of its own), an experiment submitted to it as a Ray Job (`widthtune submit
 results in storage, `widthtune resume` on that storage, and `widthtune cluster stop` ending exactly its processes."""
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -48,6 +49,7 @@ def local_cluster():
         stopped = widthtune("cluster", "stop", "--port", str(port))
         assert stopped.returncode == 0, stopped.stderr[-2000:]
         assert node_processes(default_temp_dir(port)) == []
+        shutil.rmtree(default_temp_dir(port), ignore_errors=True)
 
 
 def small_experiment(tmp_path, name, storage):

@@ -33,12 +33,9 @@ from widthtune.trainables.adapter import (
     trial_task,
     worker_cost_model,
 )
-from widthtune.trainables.trial import TrialSpec, expand_bundle
+from widthtune.trainables.trial import TRAIN_RUN, TrialSpec, expand_bundle
 from widthtune.training.data_parallel import Shard
 from widthtune.training.loop import NonFiniteLossError, TrainState, train
-
-# the Train run's folder inside the Tune trial folder (found again by name when the trial restarts)
-TRAIN_RUN = "ddp"
 
 
 def _error_metrics(message: str) -> dict[str, Any]:
