@@ -123,6 +123,7 @@ def epoch_metrics(
 
 
 def save_trial_state(directory: Path, state: TrainState, found: FoundWidths) -> None:
+    """A trial's checkpoint (training state and found widths, plain tensors), so a restart never searches again."""
     torch.save(
         {
             "train": asdict(state),
@@ -133,6 +134,7 @@ def save_trial_state(directory: Path, state: TrainState, found: FoundWidths) -> 
 
 
 def load_trial_state(directory: Path, task: Task) -> tuple[TrainState, FoundWidths]:
+    """The training state and found widths a checkpoint folder holds (what `save_trial_state` wrote)."""
     saved = torch.load(directory / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
     train_state = saved["train"]
     train_state["records"] = tuple(EpochRecord(**r) for r in train_state["records"])
