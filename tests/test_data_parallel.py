@@ -171,3 +171,11 @@ def test_a_data_parallel_trial_larger_than_the_cluster_is_refused_before_anythin
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
     assert "resources: 8 workers need 8 CPUs per trial, but the Ray cluster has" in done.stderr
     assert not (tmp_path / "too-wide").exists()
+
+
+def test_pbt_is_refused_for_data_parallel_trials():
+    base = {"name": "x", "model": "resnet_cifar:depth=8", "method": "uniform", "data": {"name": "digits"}}
+    pbt = {"name": "pbt", "hyperparam_mutations": {"train.lr": [0.1, 0.01]}}
+    with pytest.raises(ConfigError, match="scheduler: pbt copies one trial's checkpoint into another"):
+        validate_config({**base, "scheduler": pbt, "resources": {"workers": 2}})
+    validate_config({**base, "scheduler": pbt})  # a single-process trial keeps PBT
