@@ -11,7 +11,7 @@ from widthtune.models.artifact import make_artifact
 from widthtune.models.cost import CostModel
 from widthtune.models.registry import canonical_spec, materialize
 from widthtune.models.widths import Widths
-from widthtune.trainables.adapter import FoundWidths, _save_state, restore
+from widthtune.trainables.adapter import FoundWidths, restore, save_trial_state
 from widthtune.trainables.task import Task
 from widthtune.trainables.teacher import load_teacher
 from widthtune.training import DataSpec, TrainConfig, TrainState, load_dataset
@@ -66,7 +66,7 @@ def test_a_torn_newest_checkpoint_falls_back_to_the_one_before(tmp_path):
     for epoch in (1, 2):
         folder = tmp_path / f"checkpoint_00000{epoch}"
         folder.mkdir()
-        _save_state(folder, _state(model, epoch), found)
+        save_trial_state(folder, _state(model, epoch), found)
     newest = tmp_path / "checkpoint_000002" / "trial_state.pt"
     newest.write_bytes(newest.read_bytes()[:100])  # killed mid-write
     state, restored = restore(tmp_path, task)

@@ -14,7 +14,7 @@ from widthtune.cli import main
 from widthtune.models import Widths, channel_space, materialize
 from widthtune.models.artifact import make_artifact
 from widthtune.results.store import write_trial
-from widthtune.trainables.adapter import FoundWidths, _save_state
+from widthtune.trainables.adapter import FoundWidths, save_trial_state
 from widthtune.training.loop import EpochRecord, TrainState
 
 SPEC = "resnet_cifar:depth=8,shortcut=C,num_classes=10,resolution=32"
@@ -40,7 +40,7 @@ def trained_model(widths: Widths, seed: int) -> torch.nn.Module:
 
 
 def save_checkpoint(folder: Path, model: torch.nn.Module, widths: Widths, epoch: int) -> None:
-    """A checkpoint exactly as the trainable writes it (trainables/adapter.py's _save_state)."""
+    """A checkpoint exactly as the trainable writes it (trainables/adapter.py's save_trial_state)."""
     folder.mkdir(parents=True)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     record = EpochRecord(epoch, 1.0, 0.5, 1.1, 0.5, 1.2, 0.45, 0.1, 1.0, 100.0, 64 * epoch)
@@ -54,7 +54,7 @@ def save_checkpoint(folder: Path, model: torch.nn.Module, widths: Widths, epoch:
         torch_rng=torch.get_rng_state(),
         records=(record,) * epoch,
     )
-    _save_state(folder, state, FoundWidths(widths, search_flops=1e6, search_seconds=0.5, info={"k": 1}))
+    save_trial_state(folder, state, FoundWidths(widths, search_flops=1e6, search_seconds=0.5, info={"k": 1}))
 
 
 @pytest.fixture(scope="module")

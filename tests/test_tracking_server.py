@@ -3,6 +3,7 @@ completes, every trial reaches Parquet, the failure is one warning, and `widthtu
 afterwards (running it twice creates nothing new); a server that does not answer is refused before a run."""
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -63,8 +64,25 @@ def stop(server):
     server.wait()
 
 
+@pytest.fixture(params=["local", "two-node-cluster"])
+def ray_address(request):
+    """Where the sweep runs: a fresh local Ray, or a real two-node cluster (`ray start` processes on 127.0.0.1)."""
+    if request.param == "local":
+        yield {}
+        return
+    from widthtune.cluster.local import start_local_cluster, stop_local_cluster
+
+    gcs, dashboard = free_port(), free_port()
+    cluster = start_local_cluster(2, 1, gcs, dashboard)
+    try:
+        yield {"RAY_ADDRESS": cluster.address}
+    finally:
+        stop_local_cluster(cluster.temp_dir)
+        shutil.rmtree(cluster.temp_dir, ignore_errors=True)
+
+
 @pytest.mark.slow
-def test_the_sweep_outlives_its_tracking_server_and_sync_backfills_it(tmp_path):
+def test_the_sweep_outlives_its_tracking_server_and_sync_backfills_it(tmp_path, ray_address):
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
     server = start_server(tmp_path, port)
@@ -82,7 +100,7 @@ def test_the_sweep_outlives_its_tracking_server_and_sync_backfills_it(tmp_path):
     }
     path = tmp_path / "served.yaml"
     path.write_text(yaml.safe_dump(config))
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", **ray_address}
     run = subprocess.Popen(
         [*COMMAND, "run", str(path)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )

@@ -31,6 +31,11 @@ app = typer.Typer(
 )
 # the panel of the model tools; the experiment commands come first, under "Commands"
 MODELS_PANEL = "Models and widths"
+cluster_app = typer.Typer(
+    no_args_is_help=True,
+    help="Ray clusters: templates for `ray up` and KubeRay, and a local multi-node cluster to try them on.",
+)
+app.add_typer(cluster_app, name="cluster")
 
 
 def _version(value: bool) -> None:
@@ -58,6 +63,8 @@ USER_ERRORS = (
     ("widthtune.models.export", "ExportError"),
     ("widthtune.analysis.trained", "TrainedTrialError"),
     ("widthtune.results.files", "NotWritableError"),
+    ("widthtune.cluster.local", "ClusterError"),
+    ("widthtune.cluster.templates", "TemplateError"),
 )
 
 
@@ -466,6 +473,103 @@ def quickstart(
     raw["name"] = f"quickstart-{time.strftime('%Y%m%d-%H%M%S')}"
     raw["storage"] = str(storage)
     _finish(run_experiment(validate_config(apply_overrides(raw, overrides or []))))
+
+
+@app.command()
+def submit(
+    config: Annotated[Path, typer.Argument(help="experiment YAML")],
+    address: Annotated[str, typer.Option(help="the head's dashboard, e.g. http://HEAD:8265")],
+    overrides: OverrideOption = None,
+    working_dir: Annotated[
+        Path | None, typer.Option(help="a folder uploaded with the job (your method files, data lists)")
+    ] = None,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="stay until the job ends, printing its output")
+    ] = False,
+) -> None:
+    """Run an experiment on a Ray cluster as a Ray Job; storage must be a folder the cluster sees, or a URI.
+
+    Example: widthtune submit configs/compare-digits.yaml --address http://HEAD:8265 --set storage=/mnt/shared/runs
+    """
+    from widthtune.cluster.submission import submit_experiment, wait_for_job
+    from widthtune.platform.config import load_config
+
+    job = submit_experiment(load_config(config, overrides or []), address, working_dir)
+    print(f"submitted job {job.job_id} to {job.address}")
+    print(f"follow its output: {job.follow}")
+    print(f"its state: {job.status}")
+    print(f"results: {job.experiment_dir} (if it stops early: widthtune resume {job.experiment_dir})")
+    if wait:
+        status = wait_for_job(job)
+        print(f"job {job.job_id}: {status}")
+        if status != "SUCCEEDED":
+            raise RunFailed(f"job {job.job_id} ended {status}; see {job.follow}")
+
+
+@cluster_app.command("template")
+def cluster_template(
+    config: Annotated[Path, typer.Argument(help="experiment YAML")],
+    kind: Annotated[str, typer.Option(help="ray-up, kuberay-cluster or kuberay-job")],
+    overrides: OverrideOption = None,
+    nodes: Annotated[int, typer.Option(help="worker nodes (each holds one trial)")] = 2,
+    image: Annotated[str | None, typer.Option(help="container image with widthtune installed")] = None,
+    tracking_uri: Annotated[
+        str | None, typer.Option(help="MLflow server the cluster records to (default: the config's)")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="write here instead of printing")] = None,
+) -> None:
+    """A cluster definition sized from the experiment's resources: `ray up` YAML, or KubeRay RayCluster/RayJob.
+
+    Example: widthtune cluster template --kind kuberay-job configs/compare-digits.yaml --out job.yaml
+    """
+    from widthtune.cluster.templates import render
+    from widthtune.platform.config import load_config
+
+    text = render(
+        kind, load_config(config, overrides or []), str(config.resolve()), nodes, image, tracking_uri
+    )
+    if out is None:
+        print(text, end="")
+    else:
+        out.write_text(text)
+        print(f"wrote {out} ({kind})")
+
+
+@cluster_app.command("local")
+def cluster_local(
+    nodes: Annotated[int, typer.Option(help="nodes, the head included")] = 2,
+    cpus_per_node: Annotated[float, typer.Option(help="CPUs each node offers")] = 1,
+    port: Annotated[int, typer.Option(help="the head's GCS port (RAY_ADDRESS=127.0.0.1:PORT)")] = 6379,
+    dashboard_port: Annotated[int, typer.Option(help="the dashboard port (submit --address)")] = 8265,
+) -> None:
+    """Start a real multi-node Ray cluster on 127.0.0.1 (`ray start` head + worker nodes) to try cluster runs.
+
+    Example: widthtune cluster local --nodes 2 && RAY_ADDRESS=127.0.0.1:6379 widthtune run configs/x.yaml
+    """
+    from widthtune.cluster.local import start_local_cluster
+
+    cluster = start_local_cluster(nodes, cpus_per_node, port, dashboard_port)
+    print(
+        f"local cluster: {cluster.nodes} nodes of {cluster.cpus_per_node:g} CPUs, files in {cluster.temp_dir}"
+    )
+    print(f"run on it:    RAY_ADDRESS={cluster.address} widthtune run CONFIG")
+    print(f"submit to it: widthtune submit CONFIG --address {cluster.dashboard}")
+    print(f"stop it:      widthtune cluster stop --port {port}")
+
+
+@cluster_app.command("stop")
+def cluster_stop(
+    port: Annotated[int, typer.Option(help="the GCS port the local cluster was started with")] = 6379,
+) -> None:
+    """Stop the local cluster started with that port: its own processes only (never `ray stop`).
+
+    Example: widthtune cluster stop
+    """
+    from widthtune.cluster.local import default_temp_dir, read_local_cluster, stop_local_cluster
+
+    cluster = read_local_cluster(default_temp_dir(port))
+    stopped = stop_local_cluster(Path(cluster.temp_dir))
+    print(f"stopped the local cluster at {cluster.address} ({len(stopped)} processes)")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -27,6 +27,7 @@ from widthtune.platform.logs import route_library_logs
 from widthtune.platform.planning import plan_studies
 from widthtune.platform.progress import ProgressLine
 from widthtune.platform.recorder import TrialRecorder
+from widthtune.platform.shared_storage import storage_problem
 from widthtune.platform.studies import Study, make_scheduler, make_searcher
 from widthtune.platform.tracking import (
     Tracking,
@@ -44,9 +45,12 @@ from widthtune.results.store import read_trials, write_artifact, write_trial
 from widthtune.search_spaces.domains import Domain
 from widthtune.trainables.adapter import run_trial
 from widthtune.trainables.artifacts import ArtifactRecipe
+from widthtune.trainables.data_parallel import run_data_parallel_trial
 from widthtune.trainables.trial import BUNDLE_KEY
 
 FORMAT = "widthtune.experiment"
+# what a data-parallel trial's own process reserves (it holds no CPU: its Ray Train workers do)
+COORDINATOR_MEMORY = 256 * 1024 * 1024
 # what every experiment state holds
 STATE_KEYS = ("config", "config_hash", "tracking", "tune_storage", "studies")
 
@@ -95,13 +99,28 @@ def start_ray(config: ExperimentConfig) -> None:
         # beyond loopback (gcs on ::, agents on the node's IP), and a process without this user's
         # ~/.ray/auth_token is refused. Only an explicit RAY_AUTH_MODE=disabled turns that off.
         ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
-    for name, key, wanted in (("cpu", "CPU", config.resources.cpu), ("gpu", "GPU", config.resources.gpu)):
+    alive = [node for node in ray.nodes() if node.get("Alive")]
+    nodes = [node["Resources"] for node in alive]
+    resources = config.resources
+    cpu, gpu = resources.per_process()
+    names = ("cpu_per_worker", "gpu_per_worker") if resources.distributed else ("cpu", "gpu")
+    for name, key, wanted in ((names[0], "CPU", cpu), (names[1], "GPU", gpu)):
         largest = max((node.get(key, 0) for node in nodes), default=0)
         if wanted > largest:
             raise ConfigError(
                 f"resources.{name}: {wanted} per trial, but the largest node of the Ray cluster has {largest} {key}s"
             )
+    total_cpu, total_gpu = resources.per_trial()
+    for key, wanted in (("CPU", total_cpu), ("GPU", total_gpu)):
+        available = sum(node.get(key, 0) for node in nodes)
+        if resources.distributed and wanted > available:
+            raise ConfigError(
+                f"resources: {resources.workers} workers need {wanted:g} {key}s per trial, but the Ray cluster "
+                f"has {available:g}; lower resources.workers or the per-worker share"
+            )
+    problem = storage_problem(config.storage, {str(node.get("NodeManagerAddress")) for node in alive})
+    if problem is not None:
+        raise ConfigError(problem)
 
 
 def read_state(directory: Path) -> dict[str, Any]:
@@ -142,6 +161,10 @@ def trial_dirname(trial: Any) -> str:
 def _trainable(config: ExperimentConfig) -> Any:
     from ray import tune
 
+    if config.resources.distributed:
+        # the trial's own process only drives Ray Train, whose workers hold the CPUs and GPUs (Tune needs the
+        # trial to ask for something: a little memory)
+        return tune.with_resources(run_data_parallel_trial, {"cpu": 0, "memory": COORDINATOR_MEMORY})
     return tune.with_resources(run_trial, {"cpu": config.resources.cpu, "gpu": config.resources.gpu})
 
 

@@ -96,6 +96,15 @@ def flat_constants(config: ExperimentConfig) -> tuple[dict[str, Any], dict[str, 
         "resources.cpu": config.resources.cpu,
         "max_failures": config.max_failures,
     }
+    if config.resources.distributed:
+        constants.update(
+            {
+                "resources.workers": config.resources.workers,
+                "resources.cpu_per_worker": config.resources.cpu_per_worker,
+                "resources.gpu_per_worker": config.resources.gpu_per_worker,
+                "infra_retries": config.infra_retries,
+            }
+        )
     domains: dict[str, Domain] = {}
     for section in ("data", "train", "cost_target", "retrain"):
         values = getattr(config, section) or {}

@@ -142,7 +142,8 @@ def epoch_metrics(
     return {k: v for k, v in metrics.items() if v is not None}
 
 
-def _save_state(directory: Path, state: TrainState, found: FoundWidths) -> None:
+def save_trial_state(directory: Path, state: TrainState, found: FoundWidths) -> None:
+    """A trial's checkpoint (training state and found widths, plain tensors), so a restart never searches again."""
     torch.save(
         {
             "train": asdict(state),
@@ -152,7 +153,8 @@ def _save_state(directory: Path, state: TrainState, found: FoundWidths) -> None:
     )
 
 
-def _load_state(directory: Path, task: Task) -> tuple[TrainState, FoundWidths]:
+def load_trial_state(directory: Path, task: Task) -> tuple[TrainState, FoundWidths]:
+    """The training state and found widths a checkpoint folder holds (what `save_trial_state` wrote)."""
     saved = torch.load(directory / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
     train_state = saved["train"]
     train_state["records"] = tuple(EpochRecord(**r) for r in train_state["records"])
@@ -170,7 +172,7 @@ def restore(trial_dir: Path, task: Task) -> tuple[TrainState, FoundWidths] | Non
         checkpoint = tune.get_checkpoint()
         if checkpoint is not None:
             with checkpoint.as_directory() as directory:
-                return _load_state(Path(directory), task)
+                return load_trial_state(Path(directory), task)
     except (OSError, RuntimeError, EOFError, KeyError, ValueError, pickle.UnpicklingError):
         pass  # torn or missing: fall back to what the trial folder still holds
     candidates = sorted(
@@ -180,7 +182,7 @@ def restore(trial_dir: Path, task: Task) -> tuple[TrainState, FoundWidths] | Non
     )
     for folder in candidates:
         try:
-            return _load_state(folder, task)
+            return load_trial_state(folder, task)
         except (OSError, RuntimeError, EOFError, KeyError, ValueError, pickle.UnpicklingError):
             continue
     return None
@@ -242,7 +244,7 @@ def run_trial(config: dict[str, Any]) -> None:
         _run_trial(config)
     except Exception as error:
         trial_dir = Path(tune.get_context().get_trial_dir())
-        failures = _count_failure(trial_dir, error)
+        failures = count_failure(trial_dir, error)
         if failures <= int(expand_bundle(config).get("max_failures", 0)):
             raise
         tune.report(
@@ -255,7 +257,7 @@ def run_trial(config: dict[str, Any]) -> None:
         )
 
 
-def _count_failure(trial_dir: Path, error: Exception) -> int:
+def count_failure(trial_dir: Path, error: Exception) -> int:
     """One more error of this trial's own code; returns how many there have been."""
     trial_dir.mkdir(parents=True, exist_ok=True)
     with open(trial_dir / ERROR_LOG, "a") as log:
@@ -266,12 +268,8 @@ def _count_failure(trial_dir: Path, error: Exception) -> int:
     return count
 
 
-def _run_trial(config: dict[str, Any]) -> None:
-    from ray import tune
-
-    trial = TrialSpec.parse(config)
-    if trial.threads:
-        torch.set_num_threads(trial.threads)
+def trial_task(trial: TrialSpec) -> tuple[Task, CostModel, CostTarget | None]:
+    """What the method is asked (data and cost model cached per worker process), its cost model and target."""
     cost_model = worker_cost_model(trial.model)
     target = resolve_cost_target(trial.cost_target, cost_model)
     task = Task(
@@ -287,6 +285,16 @@ def _run_trial(config: dict[str, Any]) -> None:
         seed=trial.seed,
         artifacts=trial.artifacts,
     )
+    return task, cost_model, target
+
+
+def _run_trial(config: dict[str, Any]) -> None:
+    from ray import tune
+
+    trial = TrialSpec.parse(config)
+    if trial.threads:
+        torch.set_num_threads(trial.threads)
+    task, cost_model, target = trial_task(trial)
     resume: TrainState | None = None
     restored = restore(Path(tune.get_context().get_trial_dir()), task)
     if restored is not None:
@@ -327,7 +335,7 @@ def _run_trial(config: dict[str, Any]) -> None:
     def report(record: EpochRecord) -> None:
         metrics = epoch_metrics(record, found, cost_model, target, recipe.epochs)
         with tempfile.TemporaryDirectory() as directory:
-            _save_state(Path(directory), latest[-1], found)
+            save_trial_state(Path(directory), latest[-1], found)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
 
     try:

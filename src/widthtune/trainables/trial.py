@@ -27,6 +27,8 @@ from widthtune.training.loop import TrainConfig
 CHECKPOINT_FILE = "trial_state.pt"
 # a grid value that bundles several keys which must vary together
 BUNDLE_KEY = "bundle"
+# a data-parallel trial's Ray Train run, inside its trial folder (its checkpoints are named by time)
+TRAIN_RUN = "ddp"
 
 
 def _checkpoint_number(folder: Path) -> int:
@@ -35,9 +37,11 @@ def _checkpoint_number(folder: Path) -> int:
 
 
 def latest_checkpoint(trial_dir: Path) -> Path | None:
-    """The newest `checkpoint_*/trial_state.pt` of a Tune trial folder (a newest one left without it is skipped)."""
-    found = [p for p in Path(trial_dir).glob(f"checkpoint_*/{CHECKPOINT_FILE}") if p.is_file()]
-    return max(found, key=lambda p: _checkpoint_number(p.parent), default=None)
+    """The newest `checkpoint_*/trial_state.pt` of a Tune trial folder, or of its Train run when the trial was
+    data-parallel (a newest one left without it is skipped)."""
+    patterns = (f"checkpoint_*/{CHECKPOINT_FILE}", f"{TRAIN_RUN}/checkpoint_*/{CHECKPOINT_FILE}")
+    found = [p for pattern in patterns for p in Path(trial_dir).glob(pattern) if p.is_file()]
+    return max(found, key=lambda p: (_checkpoint_number(p.parent), p.parent.name), default=None)
 
 
 def expand_bundle(config: Mapping[str, Any]) -> dict[str, Any]:

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from widthtune.training.data_parallel import Shard, ShardedBatches, all_sum
 from widthtune.training.datasets import DatasetSplits
 from widthtune.training.distill import DistillConfig, distillation_loss
 from widthtune.training.loader import AUGMENTATIONS, tensor_batches
@@ -284,12 +285,16 @@ def train(
     on_epoch: Callable[[EpochRecord], None] | None = None,
     resume: TrainState | None = None,
     on_checkpoint: Callable[[TrainState], None] | None = None,
+    shard: Shard | None = None,
 ) -> History:
     """Train `model` in place on `data`; evaluate every epoch; return the history.
 
     `resume` continues from a saved state (the config may differ, e.g. a PBT-mutated learning rate);
-    `on_checkpoint` receives the state after every epoch, before `on_epoch`.
+    `on_checkpoint` receives the state after every epoch, before `on_epoch`. With a `shard` of several workers
+    (a torch.distributed process group is up) the model trains as DDP: `config.batch_size` is the global batch,
+    each worker steps on its share of it, and the epoch's training figures are summed over the workers.
     """
+    parallel = shard is not None and shard.parallel
     if len(data.train_y) == 0:
         raise ValueError(
             f"data: the training split of {data.name!r} is empty; raise data.fraction or lower val_fraction"
@@ -312,12 +317,20 @@ def train(
         weight_decay=config.weight_decay,
     )
     loader: EpochBatches = data.train_batches(
-        config.batch_size,
+        max(1, config.batch_size // shard.world_size) if parallel else config.batch_size,
         augment=config.augment,
         drop_last=config.drop_last,
         seed=config.seed,
         device=device,
     )
+    forward: nn.Module = model
+    if parallel:
+        from torch.nn.parallel import DistributedDataParallel
+
+        loader = ShardedBatches(loader, shard)
+        forward = DistributedDataParallel(
+            model, device_ids=[device.index or 0] if device.type == "cuda" else None
+        )
     if len(loader) == 0:
         raise ValueError(
             f"train.batch_size: {config.batch_size} is more than the {len(data.train_y)} training images "
@@ -349,7 +362,7 @@ def train(
                 if device.type == "cuda":
                     x = x.contiguous(memory_format=torch.channels_last)
                 with _autocast(device):
-                    logits = model(x).float()
+                    logits = forward(x).float()
                     if teacher is not None:
                         with torch.no_grad():
                             target_logits = teacher(x).float()
@@ -376,6 +389,9 @@ def train(
                 step += 1
             if pending:
                 _raise_if_nonfinite(pending, step - len(pending), epoch)
+            if parallel:
+                summed = all_sum(loss_sum, correct, torch.tensor(float(count), device=device))
+                loss_sum, correct, count = summed[0], summed[1], int(summed[2].item())
             images_seen += count
             train_loss = loss_sum.item() / count  # .item() waits for the device, so the clock below is honest
             train_acc = correct.item() / count

@@ -456,6 +456,12 @@ def _check_method(config: ExperimentConfig, entry: MethodEntry, label: str, spac
             "wait forever or all train to the end); leave max_concurrent out, or use scheduler asha"
         )
     if scheduler.name == "pbt":
+        if config.resources.distributed:
+            raise ConfigError(
+                "scheduler: pbt copies one trial's checkpoint into another, and a data-parallel trial "
+                "(resources.workers > 1) keeps its checkpoints in its own Ray Train run; use asha, hyperband, "
+                "median or fifo with it"
+            )
         if search.name == "optuna":
             raise ConfigError("scheduler: pbt explores by itself; use search: random with it, not optuna")
         if not scheduler.hyperparam_mutations:

@@ -63,11 +63,30 @@ class SchedulerConfig(BaseModel):
 
 
 class Resources(BaseModel):
-    """Per-trial resources (fractional GPUs share one device)."""
+    """Per-trial resources: one process (`cpu`, `gpu`; fractional GPUs share one device), or `workers` > 1
+    data-parallel (DDP) workers of `cpu_per_worker` and `gpu_per_worker` each, run by Ray Train inside the trial."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     cpu: float = Field(default=1.0, gt=0)
     gpu: float = Field(default=0.0, ge=0)
+    workers: int = Field(default=1, ge=1)
+    cpu_per_worker: float = Field(default=1.0, gt=0)
+    gpu_per_worker: float = Field(default=0.0, ge=0)
+
+    @property
+    def distributed(self) -> bool:
+        """Whether a trial trains on several Ray Train workers."""
+        return self.workers > 1
+
+    def per_trial(self) -> tuple[float, float]:
+        """The CPUs and GPUs one trial holds in all (its workers' together when distributed)."""
+        if self.distributed:
+            return self.workers * self.cpu_per_worker, self.workers * self.gpu_per_worker
+        return self.cpu, self.gpu
+
+    def per_process(self) -> tuple[float, float]:
+        """The CPUs and GPUs the largest single process of a trial needs on one node."""
+        return (self.cpu_per_worker, self.gpu_per_worker) if self.distributed else (self.cpu, self.gpu)
 
 
 class DistillEntry(BaseModel):

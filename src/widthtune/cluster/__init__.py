@@ -1,0 +1,1 @@
+"""Scale-out: Ray cluster templates from a config, Ray Job submission, a local multi-node cluster."""
