@@ -226,6 +226,28 @@ class CostModel:
             return self.params_terms.evaluate(ext)
         raise ValueError(f"cost convention {convention!r} is not one of: {', '.join(CONVENTIONS)}")
 
+    def cost_tensor(self, widths: torch.Tensor, convention: str = "macs") -> torch.Tensor:
+        """One convention's figure of real-valued widths as a torch scalar, so a gradient flows to the widths."""
+        if widths.shape != (len(self.space),):
+            raise ValueError(f"widths: shape {tuple(widths.shape)}; the cost model prices {len(self.space)} groups")
+        if convention not in CONVENTIONS:
+            raise ValueError(f"cost convention {convention!r} is not one of: {', '.join(CONVENTIONS)}")
+        extended = torch.cat([widths.to(torch.float64), widths.new_ones(1, dtype=torch.float64)])
+
+        def total(terms: Terms) -> torch.Tensor:
+            a, b = torch.from_numpy(terms.a).to(widths.device), torch.from_numpy(terms.b).to(widths.device)
+            coef = torch.from_numpy(terms.coef).to(widths.device)
+            return (coef * extended[a] * extended[b]).sum()
+
+        if convention == "params":
+            return total(self.params_terms)
+        macs = total(self.macs_terms)
+        if convention == "flops":
+            return 2 * macs
+        if convention == "lwdna":
+            return macs + total(self.activation_terms)
+        return macs
+
     def base(self) -> Cost:
         """The base model's cost."""
         return self.evaluate(Widths.base(self.space))
