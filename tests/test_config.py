@@ -160,10 +160,15 @@ def test_shipped_configs_validate(path, tmp_path):
         "cifar10",
         "cifar100",
         "imagefolder",
+        "imagenet",
     )
     overrides = [f"data.root={tmp_path}"] if on_disk else []  # the user's dataset folder
     for folder, files in CIFAR_FILES.values():  # what check_dataset looks for (it reads nothing)
         (tmp_path / folder).mkdir()
         for name in files:
             (tmp_path / folder / name).touch()
+    for split in ("train", "val"):  # an image folder: two class folders with one image each per split
+        for label in ("class0", "class1"):
+            (tmp_path / split / label).mkdir(parents=True)
+            (tmp_path / split / label / "image.png").touch()
     assert plan_studies(load_config(path, overrides))
