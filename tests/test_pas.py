@@ -211,7 +211,7 @@ def test_bad_hyperparameters_are_named_in_one_line(params, field):
 def test_a_search_without_a_cost_target_is_refused(shapes):
     task = make_task(RESNET_CIFAR, shapes, pretrain_epochs=0, search_epochs=1)
     task = Task(**{**task.__dict__, "cost_target": None})
-    with pytest.raises(ValueError, match="^cost_target: "):
+    with pytest.raises(ValueError, match=r"^cost_target: "):
         pas.search(task)
 
 
@@ -242,3 +242,44 @@ def test_pas_on_a_tiny_repvgg_lands_within_one_percent_of_the_target(shapes):
     result = pas.search(task)
     check_result(REPVGG, result, task)
     assert result.info["pretrain_images"] == len(shapes.train_y)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("local_ray")
+def test_pas_through_the_platform_starts_from_one_shared_baseline_and_fine_tunes_its_kept_weights(tmp_path):
+    from widthtune.platform.config import validate_config
+    from widthtune.platform.runner import run_experiment
+    from widthtune.results.store import read_trials
+
+    config = {
+        "name": "pas",
+        "kind": "compare",
+        "model": RESNET_CIFAR,
+        "data": {"name": "shapes", "size": 200, "resolution": 16},
+        "train": {"epochs": 1, "batch_size": 50, "lr": 0.05, "augment": "none"},
+        "cost_target": {"ratio": 0.5},
+        "methods": [
+            {
+                "name": "pas",
+                "search_epochs": 1,
+                "cost_unit": 1e6,
+                "retrain": {"mode": {"grid": ["finetune", "scratch-e"]}},
+            },
+            "uniform",
+        ],
+        "storage": str(tmp_path),
+        "max_failures": 0,
+    }
+    directory = run_experiment(validate_config(config), say=lambda line: None)
+    rows = read_trials(directory / "results")
+    assert all(r["status"] == "completed" for r in rows), [r["error"] for r in rows]
+    (baseline,) = [r for r in rows if r["role"] == "artifact"]
+    found = {r["retrain"]: r for r in rows if r["label"] == "pas"}
+    assert (
+        set(found) == {"finetune", "scratch-e"}
+        and found["finetune"]["widths"] == found["scratch-e"]["widths"]
+    )
+    (uniform,) = [r for r in rows if r["label"] == "uniform"]
+    for row in (*found.values(), uniform):
+        assert abs(row["macs"] - row["cost_target"]) <= 0.01 * row["cost_target"]
+    assert len(list((directory / "artifacts").iterdir())) == 1 and baseline["status"] == "completed"

@@ -229,7 +229,9 @@ class CostModel:
     def cost_tensor(self, widths: torch.Tensor, convention: str = "macs") -> torch.Tensor:
         """One convention's figure of real-valued widths as a torch scalar, so a gradient flows to the widths."""
         if widths.shape != (len(self.space),):
-            raise ValueError(f"widths: shape {tuple(widths.shape)}; the cost model prices {len(self.space)} groups")
+            raise ValueError(
+                f"widths: shape {tuple(widths.shape)}; the cost model prices {len(self.space)} groups"
+            )
         if convention not in CONVENTIONS:
             raise ValueError(f"cost convention {convention!r} is not one of: {', '.join(CONVENTIONS)}")
         extended = torch.cat([widths.to(torch.float64), widths.new_ones(1, dtype=torch.float64)])

@@ -120,9 +120,7 @@ class MaskedNetwork(nn.Module):
             name: binarize(v, self.threshold).sum() for name, v in zip(self.names, self.values, strict=True)
         }
         device = self.values[0].device if self.names else torch.device("cpu")
-        return torch.stack(
-            [sums.get(g.name, torch.tensor(float(g.base), device=device)) for g in self.space]
-        )
+        return torch.stack([sums.get(g.name, torch.tensor(float(g.base), device=device)) for g in self.space])
 
     def remove(self) -> nn.Module:
         """Take the masks off: the plain network, its weights as searched."""
@@ -158,10 +156,7 @@ def frozen_widths(
     divisor steps (to within `refined_tolerance`, default `tolerance`), channels added or dropped by v."""
     space = cost_model.space
     values = np.asarray(
-        [
-            min(g.base, round_width(int(bits[g.name].sum()), g)) if g.name in bits else g.base
-            for g in space
-        ],
+        [min(g.base, round_width(int(bits[g.name].sum()), g)) if g.name in bits else g.base for g in space],
         dtype=np.int64,
     )
     raw = Widths(space, tuple(int(v) for v in values))
@@ -238,7 +233,9 @@ def search(task: Task) -> SearchResult:
     """Train masks and weights under the cost penalty from the trained model, freeze the masks, keep the weights."""
     params = resolve_params(task)
     if task.cost_target is None:
-        raise ValueError("cost_target: pas searches toward a cost target; set cost_target (e.g. {ratio: 0.5})")
+        raise ValueError(
+            "cost_target: pas searches toward a cost target; set cost_target (e.g. {ratio: 0.5})"
+        )
     space, target = task.space, float(task.cost_target)
     net, pretrain_images = baseline(task, params["pretrain_epochs"])
     sites = mask_sites(net, space, exclude=pad_linked_groups(net, space))
@@ -316,7 +313,9 @@ def check(params: Mapping[str, Any]) -> None:
     merged = {**DEFAULTS, **params}
     beta, init, threshold, unit = merged["beta"], merged["init"], merged["threshold"], merged["cost_unit"]
     if beta is not None and not (_number(beta) and beta > 0):
-        raise ValueError(f"method.beta: {beta!r} is not allowed; choose a number > 0 (or null for the default)")
+        raise ValueError(
+            f"method.beta: {beta!r} is not allowed; choose a number > 0 (or null for the default)"
+        )
     if not _integer(merged["search_epochs"], 1):
         raise ValueError(
             f"method.search_epochs: {merged['search_epochs']!r} is not allowed; choose an integer >= 1"
