@@ -237,6 +237,7 @@ def test_pas_on_a_tiny_resnet_lands_within_one_percent_of_the_target(shapes, tmp
     assert len(result.info["search_cost_by_epoch"]) == 2
 
 
+@pytest.mark.slow
 def test_pas_on_a_tiny_repvgg_lands_within_one_percent_of_the_target(shapes):
     task = make_task(REPVGG, shapes, ratio=0.6, pretrain_epochs=1, search_epochs=1, cost_unit=1e5, beta=2)
     result = pas.search(task)
