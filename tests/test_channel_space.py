@@ -100,3 +100,12 @@ def test_unsupported_models_get_a_clear_error(tmp_path):
         channel_space(f"python:{tmp_path}/missing.py:make")
     with pytest.raises(SpecError, match="unknown model family"):
         channel_space("alexnet:depth=3")
+
+
+def test_a_channel_shuffle_is_one_line_naming_the_op_it_stopped_at():
+    # Torch-Pruning's own trace raises ZeroDivisionError on ShuffleNet's channel shuffle; the user gets one line
+    with pytest.raises(
+        SpecError, match=r"channel tracing stopped at _Reshape_\d+.*channel shuffle"
+    ) as caught:
+        channel_space("torchvision:shufflenet_v2_x1_0,resolution=64")
+    assert "\n" not in str(caught.value)

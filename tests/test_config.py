@@ -167,8 +167,8 @@ def test_shipped_configs_validate(path, tmp_path):
         (tmp_path / folder).mkdir()
         for name in files:
             (tmp_path / folder / name).touch()
-    for split in ("train", "val"):  # an image folder: two class folders with one image each per split
-        for label in ("class0", "class1"):
+    for split in ("train", "val"):  # an image folder's layout (imagefolder, imagenet)
+        for label in ("a", "b"):
             (tmp_path / split / label).mkdir(parents=True)
-            (tmp_path / split / label / "image.png").touch()
+            (tmp_path / split / label / "0.png").touch()
     assert plan_studies(load_config(path, overrides))

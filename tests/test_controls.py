@@ -96,3 +96,77 @@ def test_cost_model_of_another_space_is_refused():
     cost_model = CostModel.from_spec(VGG16)
     with pytest.raises(ValueError, match="cost_model"):
         uniform_control(channel_space(VGG19), cost_model, 1e6)
+
+
+# a hand-made pruned VGG-11 (width 0.25: stages 16 | 32 | 64 64 | 128 128 | 128 128): 264 of 688 channels kept
+HAND_PRUNED = {
+    "conv1": 8,
+    "conv2": 16,
+    "conv3": 32,
+    "conv4": 48,
+    "conv5": 64,
+    "conv6": 32,
+    "conv7": 32,
+    "conv8": 32,
+}
+VGG11 = "vgg_cifar:depth=11,width=0.25,resolution=16"
+VGG13 = "vgg_cifar:depth=13,width=0.25,resolution=16"
+
+
+def control_task(spec, **params):
+    from widthtune.models.registry import canonical_spec
+    from widthtune.trainables.task import Task
+    from widthtune.training import DataSpec, TrainConfig, load_dataset
+
+    base = channel_space(VGG11)
+    ratio = {name: 1 - width / base[name].base for name, width in HAND_PRUNED.items()}
+    return Task(
+        model=canonical_spec(spec),
+        data=load_dataset(DataSpec(name="shapes", size=100, resolution=16)),
+        train=TrainConfig(epochs=1, batch_size=32, device="cpu"),
+        cost_model=CostModel.from_spec(spec),
+        cost_target=None,
+        params={"source": "l1_filter", "source_params": {"ratio": ratio, "pretrain_epochs": 0}, **params},
+    )
+
+
+def test_channels_protocol_prunes_the_same_share_per_layer_and_per_stage_on_a_hand_made_example():
+    from widthtune.trainables import control
+
+    uniform = control.search(control_task(VGG11, kind="uniform"))
+    # 264 / 688 = 0.3837 of every layer: 16 -> 6, 32 -> 12, 64 -> 25, 128 -> 49
+    assert uniform.widths.as_dict() == {
+        "conv1": 6, "conv2": 12, "conv3": 25, "conv4": 25, "conv5": 49, "conv6": 49, "conv7": 49, "conv8": 49,
+    }  # fmt: skip
+    guided = control.search(control_task(VGG11, kind="guided"))
+    # stage averages: 8/16, 16/32, 80/128, 96/256, 64/256
+    assert guided.widths.as_dict() == {
+        "conv1": 8, "conv2": 16, "conv3": 40, "conv4": 40, "conv5": 48, "conv6": 48, "conv7": 32, "conv8": 32,
+    }  # fmt: skip
+    assert guided.info["match"] == "channels" and guided.info["multiplier"] == 1.0
+    transferred = control.search(control_task(VGG13, kind="guided", source_model=VGG11))
+    assert [transferred.widths[f"conv{i}"] for i in range(1, 11)] == [8, 8, 16, 16, 40, 40, 48, 48, 32, 32]
+
+
+@pytest.mark.parametrize("match", ["params", "macs"])
+def test_params_and_macs_protocols_scale_the_control_to_the_pruned_models_share(match):
+    from widthtune.trainables import control
+
+    cost_model = CostModel.from_spec(VGG11)
+    pruned_widths = Widths.from_mapping(cost_model.space, HAND_PRUNED)
+    for kind in ("uniform", "guided"):
+        found = control.search(control_task(VGG11, kind=kind, match=match))
+        assert within_half_a_percent(
+            cost_model.cost(found.widths, match), cost_model.cost(pruned_widths, match)
+        )
+        assert found.info["match"] == match
+
+
+def test_the_control_method_defaults_to_the_chapters_protocol_and_checks_match():
+    from widthtune.trainables import control
+
+    assert control.DEFAULTS["match"] == "channels"
+    with pytest.raises(
+        ValueError, match=r"method.match: 'flops' is not allowed; choose one of: channels, params, macs"
+    ):
+        control.check({"match": "flops"})

@@ -124,5 +124,3 @@ def test_cost_tensor_equals_the_arithmetic_cost_and_its_gradient_is_the_cost_per
     difference = float(cost_model.cost(step, convention) - cost_model.cost(values, convention))
     # cost is bilinear in two widths, so one channel more differs from the slope by the w_g^2 term only
     assert widths.grad[group].item() == pytest.approx(difference, rel=0.05)
-    with pytest.raises(ValueError, match="prices"):
-        cost_model.cost_tensor(widths[:2], convention)

@@ -138,3 +138,98 @@ def test_bad_params_name_the_field(params, message):
 def test_method_is_registered_with_plain_defaults():
     assert l1_filter.METHOD.name == "l1_filter"
     l1_filter.check(l1_filter.DEFAULTS)
+
+
+# Li et al. (Table 1) and Rethinking (Table 3.1): each preset's MACs and parameters. ResNet-34 is priced
+# relative to the unpruned model (the paper counts 3.64 GMACs / 21.6M where torchvision's has 3.66 / 21.8M);
+# VGG-16-A's parameters relative too (the paper's head has a 512-unit hidden layer, ours one linear layer).
+PRESET_MODELS = {
+    "vgg16-a": ("vgg_cifar:depth=16", "vgg16"),
+    "resnet56-a": ("resnet_cifar:depth=56,shortcut=A", "resnet56"),
+    "resnet56-b": ("resnet_cifar:depth=56,shortcut=A", "resnet56"),
+    "resnet110-a": ("resnet_cifar:depth=110,shortcut=A", "resnet110"),
+    "resnet110-b": ("resnet_cifar:depth=110,shortcut=A", "resnet110"),
+    "resnet34-a": ("resnet:depth=34", "resnet34"),
+    "resnet34-b": ("resnet:depth=34", "resnet34"),
+}
+
+
+@pytest.mark.parametrize("preset", sorted(PRESET_MODELS))
+def test_each_preset_has_the_papers_macs_and_parameters(preset, shapes):
+    from widthtune.trainables.l1_presets import PAPER_BASE, PRESETS
+
+    spec, base_name = PRESET_MODELS[preset]
+    found = l1_filter.search(make_task(spec, shapes, preset=preset))
+    task_cost = CostModel.from_spec(spec)
+    cost, base = task_cost.evaluate(found.widths), task_cost.base()
+    paper, (paper_base_macs, paper_base_params) = PRESETS[preset], PAPER_BASE[base_name]
+    if base_name == "resnet34":
+        assert cost.macs / base.macs == pytest.approx(paper.paper_macs / paper_base_macs, rel=5e-3)
+        assert cost.params / base.params == pytest.approx(paper.paper_params / paper_base_params, rel=1e-2)
+    else:
+        assert cost.macs == pytest.approx(paper.paper_macs, rel=2e-3)
+        if base_name == "vgg16":
+            assert cost.params / base.params == pytest.approx(
+                paper.paper_params / paper_base_params, rel=5e-2
+            )
+        else:
+            assert cost.params == pytest.approx(paper.paper_params, rel=1e-2)
+    assert found.info["preset"] == preset
+
+
+def test_resnet56_presets_floor_the_kept_filters_as_the_reference_does(shapes):
+    spec = "resnet_cifar:depth=56,shortcut=A"
+    a = l1_filter.search(make_task(spec, shapes, preset="resnet56-a"))
+    b = l1_filter.search(make_task(spec, shapes, preset="resnet56-b"))
+    # int(16 x 0.9) = 14, int(32 x 0.9) = 28, int(64 x 0.9) = 57; B: int(16 x 0.4) = 6, int(32 x 0.7) = 22
+    assert a.widths["stage1.block1.mid"] == 14 and a.widths["stage3.block2.mid"] == 57
+    assert a.widths["stage1.block8.mid"] == 16 and a.widths["stage3.block9.mid"] == 64  # skipped
+    assert b.widths["stage1.block1.mid"] == 6 and b.widths["stage2.block2.mid"] == 22
+    cost_model = CostModel.from_spec(spec)
+    assert round(cost_model.evaluate(a.widths).macs / 1e6, 1) == 112.4
+    assert round(cost_model.evaluate(b.widths).macs / 1e6, 1) == 90.9
+
+
+def test_a_preset_refuses_another_model_and_a_ratio_beside_it(shapes):
+    with pytest.raises(ValueError, match=r"method.preset: 'resnet56-a' prunes a resnet_cifar with 9-9-9"):
+        l1_filter.check_model({"preset": "resnet56-a"}, channel_space("resnet_cifar:depth=110,shortcut=A"))
+    with pytest.raises(
+        ValueError, match=r"method.preset: 'resnet57' is not a preset; choose one of: vgg16-a"
+    ):
+        l1_filter.check({"preset": "resnet57"})
+    with pytest.raises(ValueError, match=r"method.ratio: a preset sets the ratios"):
+        l1_filter.check({"preset": "vgg16-a", "ratio": 0.3})
+    l1_filter.check_model({"preset": "vgg16-a"}, channel_space("vgg_cifar:depth=16"))
+
+
+def test_pretraining_defaults_to_the_shared_baseline_on_the_full_recipe():
+    from widthtune.trainables.artifacts import ArtifactContext
+
+    context = ArtifactContext(
+        model="vgg_cifar:depth=16", data={"name": "cifar10"}, train={"epochs": 160}, seed=2
+    )
+    (recipe,) = l1_filter.artifacts({}, context).values()
+    assert recipe.kind == "trained-model" and recipe.recipe["train"] == {"epochs": 160} and recipe.seed == 2
+    assert l1_filter.artifacts({"pretrain_epochs": 3}, context) == {}
+    assert l1_filter.METHOD.artifacts({}, context).keys() == {"pretrained"}
+
+
+def test_the_shared_baseline_is_what_is_pruned(shapes, tmp_path):
+    trained = materialize(VGG, seed=0)
+    with torch.no_grad():
+        for parameter in trained.parameters():
+            parameter.normal_()
+    torch.save(trained.state_dict(), tmp_path / "model.pt")
+    task = make_task(VGG, shapes, ratio=0.5)
+    params = {k: v for k, v in task.params.items() if k != "pretrain_epochs"}
+    from dataclasses import replace
+
+    task = replace(task, params=params, artifacts={"pretrained": str(tmp_path / "model.pt")})
+    found = l1_filter.search(task)
+    group = channel_space(VGG)["conv3"]
+    conv = trained.get_submodule(group.members[0].path)
+    best = torch.sort(conv.weight.detach().abs().sum(dim=(1, 2, 3)), descending=True).indices[
+        : group.base // 2
+    ]
+    assert found.info["kept"]["conv3"] == sorted(best.tolist()) and found.info["pretrained_artifact"]
+    assert found.search_flops == 6 * task.cost_model.base().macs * 3 * len(shapes.train_y)

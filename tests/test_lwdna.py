@@ -143,11 +143,25 @@ def test_search_flops_info_and_determinism(data, cost_models):
     assert lwdna.search(replace(task, seed=5)).info["kept"] != result.info["kept"]
 
 
-def test_no_target_means_half_the_base_cost(data, cost_models):
+def test_no_target_means_the_base_models_cost(data, cost_models):
     task = make_task(data, cost_models, RESNET, None, convention="lwdna", m=2)
     result = lwdna.search(task)
     base = task.cost_model.cost(Widths.base(task.space), "lwdna")
-    assert abs(task.cost_model.cost(result.widths, "lwdna") - 0.5 * base) <= 0.001 * 0.5 * base
+    assert abs(task.cost_model.cost(result.widths, "lwdna") - base) <= 0.001 * base
+    assert result.info["cost_target"] == pytest.approx(base)
+
+
+def test_ratio_reference_widened_reads_the_ratio_of_the_widened_net(data, cost_models):
+    spec = "resnet_cifar:depth=14"
+    task = make_task(data, cost_models, spec, 0.23, m=2, ratio_reference="widened")
+    task = replace(task, trial_params={"cost_target.ratio": 0.23})
+    result = lwdna.search(task)
+    widened = task.cost_model.cost(Widths.base(task.space).scale(2.0))
+    base = task.cost_model.cost(Widths.base(task.space))
+    assert result.info["cost_target"] == pytest.approx(0.23 * widened)
+    assert 0.88 < task.cost_model.cost(result.widths) / base < 0.95  # x2 widens the cost ~4x: 0.23 ~ 0.92
+    with pytest.raises(ValueError, match=r"method.ratio_reference: 'widened' reads cost_target.ratio"):
+        lwdna.search(replace(task, trial_params={"cost_target.macs": 1e6}))
 
 
 @pytest.mark.parametrize("fraction", [0.05, 5.0])
@@ -168,6 +182,7 @@ def test_unreachable_target_names_cost_target_and_the_range(data, cost_models, f
         ("batches", 0),
         ("floor_reference", "paper"),
         ("init", "pretrained"),
+        ("ratio_reference", "teacher"),
         ("tolerance", 0),
     ],
 )

@@ -143,7 +143,7 @@ def test_penalty_is_zero_at_the_target_and_its_gradient_pushes_the_cost_toward_i
     pas.cost_penalty(cost_model, base, beta=5, unit=1e6)(model).backward()
     assert all(bool((v.grad < 0).all()) for v in model.values)  # descent raises v back toward the target
     # the penalty is beta x (cost error in units)^2
-    cost = float(cost_model.cost_tensor(model.widths().detach()))
+    cost = float(cost_model.cost_tensor(model.widths().detach().double()))
     penalty = pas.cost_penalty(cost_model, base, beta=5, unit=1e6)(model).item()
     assert penalty == pytest.approx(5 * ((cost - base) / 1e6) ** 2, rel=1e-5)
 

@@ -96,7 +96,7 @@ def test_errored_and_nan_trials_are_recorded_with_their_reason_and_the_sweep_goe
     history = client.get_metric_history(finished.info.run_id, "val_acc")
     assert sorted(m.step for m in history) == [1, 2]
     artifacts = {a.path for a in client.list_artifacts(finished.info.run_id)}
-    assert {"widths.json", "width_profile.png"} <= artifacts
+    assert {"widths.json", "width_profile.svg"} <= artifacts
     failed = [r for r in runs if r.info.status == "FAILED"]
     assert all(r.data.tags["widthtune.error"] for r in failed)
 

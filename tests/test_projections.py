@@ -141,7 +141,7 @@ def _mid_ratios(proxy_spec, per_block):
     return Widths.from_ratios(space, ratios)
 
 
-def test_stacking_rules_on_a_depth_change():
+def test_stacking_rules_append_blocks_to_a_three_block_proxy_stage():
     proxy = _mid_ratios("resnet_cifar:depth=20,width=2", {1: 0.5, 2: 1.0, 3: 1.5})  # 3 blocks per stage
     target = channel_space("resnet_cifar:depth=56")  # 9 blocks per stage
     average = extrapolate(proxy, target, "stack-average-block")
@@ -149,13 +149,42 @@ def test_stacking_rules_on_a_depth_change():
     for stage in (1, 2, 3):
         base = target[f"stage{stage}.block1.mid"].base
         assert average[f"stage{stage}.stream"] == pytest.approx(0.75 * base)  # streams map by name
-        assert average[f"stage{stage}.block1.mid"] == pytest.approx(0.5 * base)  # first block kept
-        assert last[f"stage{stage}.block1.mid"] == pytest.approx(0.5 * base)
-        for block in range(2, 10):
+        for rule in (average, last):  # the proxy's own three blocks stay as they are
+            profile = [rule[f"stage{stage}.block{block}.mid"] / base for block in (1, 2, 3)]
+            assert profile == pytest.approx([0.5, 1.0, 1.5])
+        for block in range(4, 10):  # six appended blocks
             assert average[f"stage{stage}.block{block}.mid"] == pytest.approx(1.25 * base)  # mean of 2..3
-        assert last[f"stage{stage}.block2.mid"] == pytest.approx(1.0 * base)
-        for block in range(3, 10):
-            assert last[f"stage{stage}.block{block}.mid"] == pytest.approx(1.5 * base)  # last block stacked
+            assert last[f"stage{stage}.block{block}.mid"] == pytest.approx(1.5 * base)  # the last block
+
+
+def test_a_one_block_proxy_stage_stacks_that_block_under_both_rules():
+    proxy = _mid_ratios("resnet_cifar:depth=8", {1: 0.5})
+    target = channel_space("resnet_cifar:depth=20")
+    for rule in EXTRAPOLATIONS:
+        shape = extrapolate(proxy, target, rule)
+        for block in (1, 2, 3):
+            assert shape[f"stage2.block{block}.mid"] == pytest.approx(0.5 * target["stage2.block1.mid"].base)
+
+
+@pytest.mark.parametrize(
+    ("target", "projection"),
+    [
+        ("resnet_cifar:depth=56", Projection(1.0, 0.34)),  # 9 blocks per stage -> 4 built, not 3.06
+        ("resnet_cifar:depth=56", Projection(1.0, 0.5, 16)),  # 9 -> 5
+        ("resnet:depth=50,resolution=64,num_classes=10", Projection(1.0, 0.5)),  # 3-4-6-3 -> 2-2-3-2
+        ("resnet_cifar:depth=20", Projection(0.5, 0.34, 16)),  # 3 -> 2
+    ],
+)
+def test_overhead_formula_prices_the_blocks_the_proxy_builds(target, projection):
+    resolution = int(resolve_options(target)["resolution"])
+    target_macs = CostModel.from_spec(target).base().macs
+    proxy_macs = CostModel.from_spec(projection.model(target)).base().macs
+    measured = proxy_macs / target_macs
+    built = projection.overhead_ratio(resolution, depth_ratio=projection.built_depth_ratio(target))
+    assert built == pytest.approx(measured, rel=0.12)
+    nominal = projection.overhead_ratio(resolution)  # the multiplier alone understates the proxy
+    assert abs(built - measured) < abs(nominal - measured)
+    assert nominal < measured
 
 
 def test_equal_depths_map_blocks_one_to_one_under_both_rules():

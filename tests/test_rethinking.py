@@ -28,9 +28,15 @@ def rethinking_config(tmp_path, **fields):
             {
                 "name": "slimming",
                 **SLIMMING,
-                "retrain": {"mode": {"grid": ["finetune", "scratch-e", "scratch-b"]}},
+                "retrain": {"mode": {"grid": ["finetune", "scratch-e", "scratch-b"]}, "finetune_epochs": 2},
             },
-            {"name": "control", "label": "guided", "kind": "guided", "source_params": SLIMMING},
+            {
+                "name": "control",
+                "label": "guided",
+                "kind": "guided",
+                "match": "macs",
+                "source_params": SLIMMING,
+            },
         ],
         "storage": str(tmp_path),
         "max_failures": 0,
@@ -83,5 +89,5 @@ def test_slimming_retrained_three_ways_against_a_guided_control(tmp_path):
     params = json.loads(slimming["finetune"]["params_json"])
     assert params["retrain.mode"] == "finetune" and params["method.ratio"] == 0.5
     report = (directory / "report" / "report.md").read_text()
-    assert "| method | cost target | Fine-tuned | Scratch-E | Scratch-B |" in report
+    assert "| method | cost target | params | Fine-tuned | Scratch-E | Scratch-B |" in report
     assert "Width pattern" in report and "| conv1 |" in report

@@ -3,14 +3,17 @@
 import math
 
 import pytest
+import torch
 
 from widthtune.trainables.retraining import (
     RETRAIN_MODES,
+    Retraining,
     finetune_lr,
     rescale_recipe,
     retrain_recipe,
 )
-from widthtune.training import TrainConfig, learning_rate
+from widthtune.training import DataSpec, TrainConfig, learning_rate
+from widthtune.training.datasets import DATASET_NAMES, DATASET_SCALE
 
 CIFAR = TrainConfig(epochs=160, lr=0.1, schedule="multistep", milestones=(80, 120), gamma=0.1)
 IMAGENET = TrainConfig(epochs=90, lr=0.1, schedule="step", step_size=30, gamma=0.1)
@@ -78,8 +81,16 @@ def test_cosine_finetune_rate_is_the_mean_of_the_last_quarter():
     assert finetune_lr(recipe) == pytest.approx(sum(tail) / len(tail), rel=1e-2)  # a discrete sum
 
 
-def test_finetune_epochs_default_to_the_recipe():
-    assert retrain_recipe("finetune", CIFAR, 2.0, 1.0).epochs == 160
+def test_finetune_epochs_default_to_the_chapters_budget_by_the_datasets_scale():
+    assert retrain_recipe("finetune", CIFAR, 2.0, 1.0).epochs == 40
+    assert retrain_recipe("finetune", IMAGENET, 2.0, 1.0, large_scale=True).epochs == 20
+    assert DataSpec(name="cifar100").scale == "cifar" and DataSpec(name="imagenet").scale == "imagenet"
+    assert DataSpec(name="imagefolder").scale == "imagenet" and DataSpec(name="digits").scale == "cifar"
+    assert Retraining("finetune").recipe(CIFAR, 2.0, 1.0, DataSpec(name="cifar10").scale).epochs == 40
+    assert Retraining("finetune").recipe(IMAGENET, 2.0, 1.0, DataSpec(name="imagenet").scale).epochs == 20
+    assert Retraining("finetune", large_scale=False).recipe(IMAGENET, 2.0, 1.0, "imagenet").epochs == 40
+    assert Retraining("finetune", finetune_epochs=7).recipe(CIFAR, 2.0, 1.0, "cifar").epochs == 7
+    assert set(DATASET_SCALE) == set(DATASET_NAMES)  # every dataset declares its scale
 
 
 def test_rescale_recipe_shrinks_too():
@@ -107,3 +118,21 @@ def test_rescale_recipe_shrinks_too():
 def test_errors_name_the_field(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_final_train_full_trains_on_training_and_validation_with_the_test_set_untouched():
+    from widthtune.training import load_dataset
+
+    data = load_dataset(DataSpec(name="shapes", size=200, resolution=8, val_fraction=0.2))
+    assert Retraining().training_data(data) is data  # default: the validation split stays held out
+    full = Retraining(final_train="full").training_data(data)
+    assert len(full.train_y) == len(data.train_y) + len(data.val_y)
+
+    assert torch.equal(full.train_x[: len(data.train_y)], data.train_x)
+    assert torch.equal(full.train_x[len(data.train_y) :], data.val_x)
+    assert torch.equal(full.test_x, data.test_x) and torch.equal(full.val_x, data.val_x)
+    assert full.mean == data.mean  # normalised by the training split's statistics, as before
+    with pytest.raises(
+        ValueError, match=r"retrain.final_train: 'all' is not allowed; choose one of: split, full"
+    ):
+        Retraining(final_train="all")

@@ -207,5 +207,57 @@ def test_bad_params_name_the_field(params, message):
 
 def test_method_is_registered_with_plain_defaults():
     assert slimming.METHOD.name == "slimming"
-    assert set(slimming.METHOD.defaults) == {"lam", "gamma_init", "sparsity_epochs", "ratio", "prune"}
+    assert set(slimming.METHOD.defaults) == {
+        "lam",
+        "gamma_init",
+        "sparsity_epochs",
+        "ratio",
+        "prune",
+        "scratch_gamma",
+    }
     slimming.check(slimming.DEFAULTS)
+
+
+def test_ratio_counts_bn_channels_as_the_reference_does_on_a_residual_net(shapes):
+    # resnet_cifar depth 8, option C, one block per stage: stream 1 has the stem BN and the block's last BN, the
+    # others that BN and the projection's; a `mid` group has one
+    task = make_task(RESNET_C, shapes, lam=0.05, ratio=0.4, sparsity_epochs=1)
+    found = slimming.search(task)
+    model = materialize(RESNET_C, seed=0)
+    layers = {name: len(bns) for name, bns in slimming.bn_members(model, task.space).items()}
+    assert layers["stage1.stream"] == layers["stage2.stream"] == 2 and layers["stage1.block1.mid"] == 1
+    total = sum(task.space[name].base * count for name, count in layers.items())
+    assert total > sum(task.space[name].base for name in layers)  # BN channels, not groups
+    removed = sum((task.space[name].base - found.widths[name]) * count for name, count in layers.items())
+    assert found.info["prunable_bn_channels"] == total and found.info["pruned_bn_channels"] == removed
+    assert abs(removed - round(0.4 * total)) <= max(layers.values()) // 2  # nearest whole channel
+    assert found.info["bn_channel_ratio"] == pytest.approx(removed / total)
+
+
+def test_bn_channel_count_weighs_each_removal_by_its_bn_layers():
+    space = channel_space(RESNET_C)
+    scores = random_scores(space)
+    layers = dict.fromkeys(scores, 1) | {"stage1.stream": 3, "stage2.stream": 3, "stage3.stream": 3}
+    by_groups = slimming.prune_to_ratio(space, scores, 0.3)
+    by_bns = slimming.prune_to_ratio(space, scores, 0.3, layers)
+    total = sum(space[n].base * layers[n] for n in scores)
+    removed = sum((space[n].base - by_bns.widths[n]) * layers[n] for n in scores)
+    assert abs(removed - round(0.3 * total)) <= 1
+    assert by_groups.widths != by_bns.widths
+
+
+def test_scratch_models_start_bn_gamma_at_the_sparsity_runs_value(shapes):
+    from widthtune.trainables.adapter import find_widths, initial_model
+    from widthtune.trainables.retraining import Retraining
+
+    task = make_task(VGG, shapes, lam=0.01, ratio=0.5, sparsity_epochs=1, gamma_init=0.3)
+    found = find_widths(task, "slimming")
+    assert found.bn_gamma_init == 0.3
+    scratch = initial_model(task.model, found, Retraining("scratch-e"), "slimming", seed=1)
+    gammas = torch.cat([m.weight.detach() for m in scratch.modules() if isinstance(m, nn.BatchNorm2d)])
+    assert torch.all(gammas == 0.3)
+    tuned = initial_model(task.model, found, Retraining("finetune"), "slimming", seed=1)
+    torch.testing.assert_close(tuned.state_dict(), dict(found.weights))  # fine-tuning keeps its weights
+    plain = find_widths(replace(task, params={**task.params, "scratch_gamma": False}), "slimming")
+    default = initial_model(task.model, plain, Retraining("scratch-e"), "slimming", seed=1)
+    assert all(torch.all(m.weight == 1) for m in default.modules() if isinstance(m, nn.BatchNorm2d))

@@ -76,7 +76,8 @@ RETRAIN_COLUMNS = (("finetune", "Fine-tuned"), ("scratch-e", "Scratch-E"), ("scr
 
 
 def rethinking_table(rows: list[dict[str, Any]]) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
-    """The chapter's table: per method and cost target, test accuracy under Fine-tuned / Scratch-E / Scratch-B."""
+    """The chapter's table: per method and cost target, its parameters (the chapter compares architectures by
+    them) and test accuracy under Fine-tuned / Scratch-E / Scratch-B."""
     cells: dict[tuple[str, str], dict[str, dict[int, list[dict[str, Any]]]]] = defaultdict(
         lambda: defaultdict(lambda: defaultdict(list))
     )
@@ -85,10 +86,12 @@ def rethinking_table(rows: list[dict[str, Any]]) -> tuple[tuple[str, ...], list[
             continue
         key = (row["label"] or row["method"] or "-", row["cost_target_label"] or "-")
         cells[key][row.get("retrain") or "scratch-e"][row["seed"]].append(row)
-    header = ("method", "cost target", *(title for _, title in RETRAIN_COLUMNS))
+    header = ("method", "cost target", "params", *(title for _, title in RETRAIN_COLUMNS))
     table = []
     for (label, target), modes in sorted(cells.items()):
-        line = [label, target]
+        every = [row for seeds in modes.values() for trials in seeds.values() for row in trials]
+        params = [row["params"] for row in every if row.get("params") is not None]
+        line = [label, target, _si(mean_std(params)[0]) if params else "-"]
         for mode, _ in RETRAIN_COLUMNS:
             chosen = [c for c in (select(v) for v in modes.get(mode, {}).values()) if c is not None]
             mean, std = mean_std([c["final_test_acc"] for c in chosen if c["final_test_acc"] is not None])

@@ -48,6 +48,25 @@ class Terms:
         """Cost for one width vector, or a batch of them (last axis: groups + the constant)."""
         return (self.coef * extended[..., self.a] * extended[..., self.b]).sum(axis=-1)
 
+    def evaluate_tensor(self, extended: torch.Tensor) -> torch.Tensor:
+        """The same sum on a tensor of (real-valued) widths, differentiable in them (DMCP's expected cost)."""
+        coef = torch.as_tensor(self.coef, dtype=extended.dtype, device=extended.device)
+        a = torch.as_tensor(self.a, device=extended.device)
+        b = torch.as_tensor(self.b, device=extended.device)
+        return (coef * extended[..., a] * extended[..., b]).sum(dim=-1)
+
+    def scaled(self, factor: float) -> Terms:
+        """Every coefficient times `factor`."""
+        return Terms(self.coef * factor, self.a, self.b)
+
+    def plus(self, other: Terms) -> Terms:
+        """The sum of two term lists."""
+        return Terms(
+            np.concatenate([self.coef, other.coef]),
+            np.concatenate([self.a, other.a]),
+            np.concatenate([self.b, other.b]),
+        )
+
 
 @dataclass(frozen=True)
 class Cost:
@@ -226,29 +245,22 @@ class CostModel:
             return self.params_terms.evaluate(ext)
         raise ValueError(f"cost convention {convention!r} is not one of: {', '.join(CONVENTIONS)}")
 
-    def cost_tensor(self, widths: torch.Tensor, convention: str = "macs") -> torch.Tensor:
-        """One convention's figure of real-valued widths as a torch scalar, so a gradient flows to the widths."""
-        if widths.shape != (len(self.space),):
-            raise ValueError(
-                f"widths: shape {tuple(widths.shape)}; the cost model prices {len(self.space)} groups"
-            )
-        if convention not in CONVENTIONS:
-            raise ValueError(f"cost convention {convention!r} is not one of: {', '.join(CONVENTIONS)}")
-        extended = torch.cat([widths.to(torch.float64), widths.new_ones(1, dtype=torch.float64)])
-
-        def total(terms: Terms) -> torch.Tensor:
-            a, b = torch.from_numpy(terms.a).to(widths.device), torch.from_numpy(terms.b).to(widths.device)
-            coef = torch.from_numpy(terms.coef).to(widths.device)
-            return (coef * extended[a] * extended[b]).sum()
-
-        if convention == "params":
-            return total(self.params_terms)
-        macs = total(self.macs_terms)
+    def terms(self, convention: str = "macs") -> Terms:
+        """One convention's cost as coef x w[a] x w[b] terms (index len(space) is the constant 1)."""
+        if convention == "macs":
+            return self.macs_terms
         if convention == "flops":
-            return 2 * macs
+            return self.macs_terms.scaled(2.0)
         if convention == "lwdna":
-            return macs + total(self.activation_terms)
-        return macs
+            return self.macs_terms.plus(self.activation_terms)
+        if convention == "params":
+            return self.params_terms
+        raise ValueError(f"cost convention {convention!r} is not one of: {', '.join(CONVENTIONS)}")
+
+    def cost_tensor(self, widths: torch.Tensor, convention: str = "macs") -> torch.Tensor:
+        """One convention's figure for real-valued widths (groups in order), differentiable in them."""
+        ones = torch.ones((*widths.shape[:-1], 1), dtype=widths.dtype, device=widths.device)
+        return self.terms(convention).evaluate_tensor(torch.cat([widths, ones], dim=-1))
 
     def base(self) -> Cost:
         """The base model's cost."""

@@ -19,6 +19,36 @@ class UnsupportedModelError(ValueError):
     """The model couples channels in a way width vectors cannot express (concatenation, channel split)."""
 
 
+def _failed_node(error: BaseException) -> object | None:
+    """The graph node Torch-Pruning was mapping when its trace raised (the innermost frame that held one)."""
+    node, frame = None, error.__traceback__
+    while frame is not None:
+        local = frame.tb_frame.f_locals
+        found = local.get("reshape_node", local.get("node"))
+        if found is not None and hasattr(found, "module"):
+            node = found
+        frame = frame.tb_next
+    return node
+
+
+def _trace(model: nn.Module, example: torch.Tensor) -> tp.DependencyGraph:
+    """Torch-Pruning's graph of the model; a failure inside its trace is one line naming the op it stopped at."""
+    try:
+        return tp.DependencyGraph().build_dependency(model, example_inputs=example)
+    except Exception as error:  # Torch-Pruning's own failure on a graph it cannot map
+        node = _failed_node(error)
+        op = type(getattr(node, "module", None)).__name__ if node is not None else ""
+        where = f" at {getattr(node, 'name', op)}" if node is not None else ""
+        why = (
+            "a reshape that mixes channels across groups (a channel shuffle) cannot be expressed as widths"
+            if "Reshape" in op
+            else "the channel dependency graph cannot be built for this model"
+        )
+        raise UnsupportedModelError(
+            f"channel tracing stopped{where} ({type(error).__name__}: {error}): {why}"
+        ) from None
+
+
 def _classifier(model: nn.Module, example: torch.Tensor) -> nn.Module:
     """The last conv or linear run in forward: its output channels are the classes, never a group."""
     order: list[nn.Module] = []
@@ -46,7 +76,7 @@ def dependency_space(
     classifier = _classifier(model, example)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
+        graph = _trace(model, example)
         raw_groups = graph.get_all_groups(
             ignored_layers=[classifier], root_module_types=[nn.Conv2d, nn.Linear]
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 
@@ -21,3 +22,11 @@ def kaiming_init(model: nn.Module, linear_std: float | None = None) -> None:
             else:
                 nn.init.normal_(module.weight, 0, linear_std)
                 nn.init.zeros_(module.bias)
+
+
+def fill_bn_gamma(model: nn.Module, value: float) -> None:
+    """Every BN scale at `value` (Network Slimming's models start their gammas at 0.5, sparse or from scratch)."""
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.weight is not None:
+                module.weight.fill_(value)

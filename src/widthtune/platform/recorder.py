@@ -10,9 +10,9 @@ from typing import Any
 
 from ray import tune
 
-from widthtune.analysis.plots import width_profile_plot
+from widthtune.analysis.profile_svg import PROFILE_SVG, width_profile_svg
 from widthtune.models.artifact import WIDTHS_FILE, make_artifact
-from widthtune.models.registry import channel_space
+from widthtune.models.cost import CostModel
 from widthtune.platform.tracking import Tracking, TrackingGuard, TrialRuns
 from widthtune.results.store import EpochJournal, read_trial, write_trial
 from widthtune.trainables.retraining import Retraining
@@ -123,12 +123,23 @@ class TrialRecorder(tune.Callback):
         self.role = role
         self._runs: TrialRuns | None = None
         self._guard: TrackingGuard | None = None
+        self._costs: dict[str, CostModel] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_runs"] = None
         state["_guard"] = None
+        state["_costs"] = {}
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update({"_costs": {}, **state})
+
+    def cost_model(self, spec: str) -> CostModel:
+        """The spec's cost model, traced once per recorder (the driver prices every stored trial's widths)."""
+        if spec not in self._costs:
+            self._costs[spec] = CostModel.from_spec(spec)
+        return self._costs[spec]
 
     @property
     def guard(self) -> TrackingGuard:
@@ -244,7 +255,8 @@ class TrialRecorder(tune.Callback):
         artifacts: list[Path] = []
         widths = last.get("widths")
         if widths:
-            space = channel_space(config["model"])
+            cost_model = self.cost_model(str(config["model"]))
+            space = cost_model.space
             row["group_names"] = list(space.names)
             row["widths"] = [int(widths[n]) for n in space.names]
             row["base_widths"] = [g.base for g in space]
@@ -254,13 +266,12 @@ class TrialRecorder(tune.Callback):
                 widths,
                 method=str(config.get("method")),
                 provenance={"trial_key": key, "study": self.study, "seed": config.get("seed")},
+                cost_model=cost_model,
             )
             artifacts.append(artifact.save(folder / WIDTHS_FILE))
             ratios = [w / b for w, b in zip(row["widths"], row["base_widths"], strict=True)]
             artifacts.append(
-                width_profile_plot(
-                    space.names, {key: ratios}, folder / "width_profile.png", title=f"{key} widths / base"
-                )
+                width_profile_svg(space.names, ratios, folder / PROFILE_SVG, title=f"{key} widths / base")
             )
         kept = read_trial(self.results_root, key)
         if kept is not None and kept["status"] == "completed" and status != "completed":

@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from widthtune.analysis.profile_svg import PROFILE_SVG
 from widthtune.models.artifact import WIDTHS_FILE
 from widthtune.platform.recorder import EPOCH_METRICS, finish_run, logged_params, trial_tags
 from widthtune.platform.tracking import Tracking, TrialRuns
@@ -49,7 +50,7 @@ def sync_tracking(directory: Path, tracking: Tracking, config_hash: str) -> Sync
             metrics = {k: float(epoch[k]) for k in EPOCH_METRICS if epoch.get(k) is not None}
             runs.log_epoch(key, int(epoch["epoch"]), metrics, int(time.time() * 1000))
         folder = Path(directory) / "trials" / key
-        artifacts = [p for p in (folder / WIDTHS_FILE, folder / "width_profile.png") if p.is_file()]
+        artifacts = [p for p in (folder / WIDTHS_FILE, folder / PROFILE_SVG) if p.is_file()]
         finish_run(runs, row, artifacts)
         if row["mlflow_run_id"] != run_id:
             write_trial(results, {**row, "mlflow_run_id": run_id}, epochs)

@@ -121,26 +121,46 @@ def _param_value(value: Any) -> str:
 
 
 class TrialRuns:
-    """Child runs keyed by trial; finds an existing run after a resume, and never logs an epoch twice."""
+    """Child runs keyed by trial; finds an existing run after a resume, and never logs an epoch twice.
+
+    The experiment's existing trial runs are listed once, on first use, so a new trial's run is created without a
+    search; what was logged at a run's creation is remembered, so closing it needs no read back.
+    """
 
     def __init__(self, tracking: Tracking) -> None:
         self.tracking = tracking
         self.client = tracking.client()
         self.run_ids: dict[str, str] = {}
         self.logged_epoch: dict[str, int] = {}
+        self.logged_params: dict[str, set[str]] = {}
         self.created = 0  # runs this object created (a backfill counts what was missing)
+        self._existing: dict[str, str] | None = None
+
+    def _existing_runs(self) -> dict[str, str]:
+        """Trial key -> run id of the runs already in the experiment (listed once)."""
+        if self._existing is None:
+            self._existing = {}
+            token = None
+            while True:
+                page = self.client.search_runs(
+                    [self.tracking.experiment_id],
+                    filter_string=f"tags.`{TRIAL_KEY_TAG}` LIKE '%'",
+                    max_results=1000,
+                    page_token=token,
+                )
+                for run in page:
+                    self._existing.setdefault(run.data.tags[TRIAL_KEY_TAG], run.info.run_id)
+                token = page.token
+                if not token:
+                    break
+        return self._existing
 
     def run_for(self, key: str, name: str, tags: Mapping[str, str], params: Mapping[str, Any]) -> str:
         """The trial's child run: found by its key tag, else created with its params and tags."""
         if key in self.run_ids:
             return self.run_ids[key]
-        found = self.client.search_runs(
-            [self.tracking.experiment_id],
-            filter_string=f"tags.`{TRIAL_KEY_TAG}` = {quoted(key)}",
-            max_results=1,
-        )
-        if found:
-            run_id = found[0].info.run_id
+        run_id = self._existing_runs().get(key)
+        if run_id is not None:
             history = self.client.get_metric_history(run_id, "epoch")
             self.logged_epoch[key] = max((int(m.value) for m in history), default=0)
         else:
@@ -160,6 +180,8 @@ class TrialRuns:
             for start in range(0, len(items), 100):
                 self.client.log_batch(run_id, params=items[start : start + 100])
             self.logged_epoch[key] = 0
+            self.logged_params[key] = {p.key for p in items}
+            self._existing_runs()[key] = run_id
         self.run_ids[key] = run_id
         return run_id
 
@@ -185,12 +207,15 @@ class TrialRuns:
         FAILED. Params logged here (the trained widths) are those not logged at the run's start.
         """
         run_id = self.run_ids[key]
-        self.client.log_batch(run_id, tags=[RunTag(k, _param_value(v)) for k, v in tags.items()])
-        if params:
-            logged = set(self.client.get_run(run_id).data.params)
-            items = [Param(k, _param_value(v)) for k, v in sorted(params.items()) if k not in logged]
-            for start in range(0, len(items), 100):
-                self.client.log_batch(run_id, params=items[start : start + 100])
+        if key not in self.logged_params:  # a run found after a resume: what it already holds
+            self.logged_params[key] = set(self.client.get_run(run_id).data.params)
+        logged = self.logged_params[key]
+        items = [Param(k, _param_value(v)) for k, v in sorted((params or {}).items()) if k not in logged]
+        run_tags = [RunTag(k, _param_value(v)) for k, v in tags.items()]
+        self.client.log_batch(run_id, params=items[:100], tags=run_tags)
+        for start in range(100, len(items), 100):
+            self.client.log_batch(run_id, params=items[start : start + 100])
+        logged.update(p.key for p in items)
         for path in artifacts:
             self.client.log_artifact(run_id, str(path))
         mlflow_status = "FAILED" if status == "errored" else "FINISHED"

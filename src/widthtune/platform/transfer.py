@@ -5,7 +5,10 @@ method optimised directly (role `direct`) and the uniform model at the same cost
 per method, one study on the target whose grid is a shared artifact (`transfer-points`), computed once from
 phase one's results: for each projection, extrapolation rule and seed, the proxy trial the method hands in
 (best validation accuracy) extrapolated, matched to the target's cost and trained from scratch (role
-`target`), with its source trial, projection, rule and overhead (formula and measured) in its config. A
+`target`), with its source trial, projection, rule and overhead (formula and measured) in its config.
+The formula prices the proxy as built (its whole blocks, `Projection.built_depth_ratio`). Every method that
+declares `optimises_widths` can be transferred; without a `cost_target` the study runs at the target's own
+cost (`{ratio: 1.0}`: equal FLOPs, the paper's eq. 1), the proxies at the same ratio of theirs. A
 finished artifact is never recomputed, so a resumed experiment trains exactly the same points.
 """
 
@@ -73,7 +76,7 @@ def _proxy_constants(
             "role": PROXY,
             "transfer.projection": projection.label,
             "transfer.overhead_ratio": projection.overhead_ratio(
-                target_resolution(config), epoch_ratio(config)
+                target_resolution(config), epoch_ratio(config), projection.built_depth_ratio(config.model)
             ),
         }
     )
@@ -124,7 +127,7 @@ def transfer_points(
     skipped: list[str] = []
     resolution, epochs = target_resolution(config), epoch_ratio(config)
     for projection in config.transfer.plan():
-        formula = projection.overhead_ratio(resolution, epochs)
+        formula = projection.overhead_ratio(resolution, epochs, projection.built_depth_ratio(config.model))
         for seed in config.seeds:
             trials = proxies.get((label, projection.label, seed), [])
             chosen = select(trials)

@@ -7,8 +7,16 @@
 - transferred guided: the stage ratios of one model (e.g. VGG-16 pruned on CIFAR-10) applied by stage index
   to another (e.g. VGG-19), as the chapter's "Transferred Guided Pruning".
 
-Every control is then scaled by one multiplier (`match_cost`) to `target` within 0.5%. Groups without a
-stage keep their own ratio (guided) or take the source's overall ratio (transferred).
+How a control is made comparable to the pruned model is `match` (MATCHES):
+
+- `channels` (the chapter's protocol, the default of the `control` method): the ratios are used as they are,
+  each group rounded to its divisor -- uniform keeps the pruned model's overall share of channels in every
+  layer ("prunes the same percentage of channels in each layer"), guided each stage's average -- and the
+  controls are compared with the pruned model by their parameters, as the chapter's figures are;
+- `params` / `macs`: the shape is scaled by one multiplier (`match_cost`) to the pruned model's parameters
+  or cost within 0.5% (`*_control` below, with the convention to match in).
+
+Groups without a stage keep their own ratio (guided) or take the source's overall ratio (transferred).
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from widthtune.models.space import ChannelGroup, ChannelSpace
 from widthtune.models.widths import Widths
 
 StageKey = int | str
+MATCHES = ("channels", "params", "macs")
 
 
 def _stage_key(group: ChannelGroup) -> StageKey:
@@ -35,6 +44,41 @@ def stage_ratios(widths: Widths) -> dict[StageKey, float]:
         total[0] += width
         total[1] += group.base
     return {key: kept / base for key, (kept, base) in totals.items()}
+
+
+def channel_share(widths: Widths) -> float:
+    """The share of channels the model keeps over all its groups, sum(widths) / sum(base)."""
+    return sum(widths.values) / sum(group.base for group in widths.space)
+
+
+def uniform_ratios(widths: Widths) -> dict[str, float]:
+    """Every group at the pruned model's overall channel share: the same percentage pruned in each layer."""
+    return dict.fromkeys(widths.space.names, channel_share(widths))
+
+
+def guided_ratios(widths: Widths) -> dict[str, float]:
+    """Every group at its stage's average kept share (unstaged groups keep their own)."""
+    ratios = stage_ratios(widths)
+    return {group.name: ratios[_stage_key(group)] for group in widths.space}
+
+
+def transferred_ratios(source_widths: Widths, target_space: ChannelSpace) -> dict[str, float]:
+    """Another model's stage shares applied by stage index (unstaged groups: the source's overall share)."""
+    ratios = stage_ratios(source_widths)
+    missing = sorted({g.stage for g in target_space if g.stage is not None and g.stage not in ratios})
+    if missing:
+        stages = sorted(k for k in ratios if isinstance(k, int))
+        raise ValueError(
+            f"source_widths: the source model has no stage {', '.join(map(str, missing))} "
+            f"(its stages: {', '.join(map(str, stages)) or 'none'}); transfer needs the same stage indices"
+        )
+    overall = channel_share(source_widths)
+    return {g.name: ratios[g.stage] if g.stage is not None else overall for g in target_space}
+
+
+def at_ratios(space: ChannelSpace, ratios: Mapping[str, float]) -> Widths:
+    """The `channels` protocol: each group at base x its ratio, rounded to its divisor, no cost matching."""
+    return Widths.from_ratios(space, {name: ratios[name] for name in space.names})
 
 
 def _match(
@@ -57,9 +101,7 @@ def guided_control(
     widths: Widths, cost_model: CostModel, target: float, convention: str = "macs"
 ) -> CostMatch:
     """Every group takes its stage's average pruned ratio, then one multiplier meets the target."""
-    ratios = stage_ratios(widths)
-    per_group = {group.name: ratios[_stage_key(group)] for group in widths.space}
-    return _match(widths.space, per_group, cost_model, target, convention)
+    return _match(widths.space, guided_ratios(widths), cost_model, target, convention)
 
 
 def transferred_guided(
@@ -70,14 +112,6 @@ def transferred_guided(
     convention: str = "macs",
 ) -> CostMatch:
     """Another model's stage ratios applied to `target_space` by stage index, then matched to the target."""
-    ratios = stage_ratios(source_widths)
-    overall = sum(source_widths.values) / sum(group.base for group in source_widths.space)
-    missing = sorted({g.stage for g in target_space if g.stage is not None and g.stage not in ratios})
-    if missing:
-        stages = sorted(k for k in ratios if isinstance(k, int))
-        raise ValueError(
-            f"source_widths: the source model has no stage {', '.join(map(str, missing))} "
-            f"(its stages: {', '.join(map(str, stages)) or 'none'}); transfer needs the same stage indices"
-        )
-    per_group = {g.name: ratios[g.stage] if g.stage is not None else overall for g in target_space}
-    return _match(target_space, per_group, cost_model, target, convention)
+    return _match(
+        target_space, transferred_ratios(source_widths, target_space), cost_model, target, convention
+    )

@@ -8,7 +8,11 @@ Extrapolation maps every target group to proxy groups by (stage, block, role): g
 streams, stems, heads) by name; block groups one to one when a stage's depth is unchanged, otherwise by a
 stacking rule. `stack-average-block` keeps the first block's multiplier and gives every later block the mean
 of the proxy's later blocks (the first block of a stage changes resolution and is left out of the average);
-`stack-last-block` repeats the proxy's last block. Multipliers are widths over the proxy's own base widths;
+`stack-last-block` repeats the proxy's last block. Both rules stack, as the paper's section 3.2 says ("stack
+the average width multipliers until the desired depth is met"): a target block the proxy has keeps that
+block's multiplier, and only the blocks the proxy lacks are appended, each with the average of the proxy's
+blocks after the first (`stack-average-block`) or its last block (`stack-last-block`); a one-block proxy
+stage stacks that block under both. Multipliers are widths over the proxy's own base widths;
 times the target's base widths they are the target's shape, which one multiplier (`match_cost`) brings to the
 target's cost.
 """
@@ -24,7 +28,7 @@ from typing import Any
 from widthtune.models.cost import CostModel
 from widthtune.models.match import CostMatch, match_cost
 from widthtune.models.mobilenet_v2 import DEFAULTS as MOBILENET_DEFAULTS
-from widthtune.models.registry import canonical_spec, resolve_options
+from widthtune.models.registry import canonical_spec, channel_space, resolve_options
 from widthtune.models.resnet import architecture
 from widthtune.models.resnet_cifar import blocks_per_stage
 from widthtune.models.space import ChannelGroup, ChannelSpace
@@ -167,13 +171,26 @@ class Projection:
             out["fraction"] = float(data.get("fraction", 1.0)) * self.data_fraction
         return out
 
-    def overhead_ratio(self, target_resolution: int, epoch_ratio: float = 1.0) -> float:
+    def overhead_ratio(
+        self, target_resolution: int, epoch_ratio: float = 1.0, depth_ratio: float | None = None
+    ) -> float:
         """The paper's formula: proxy / target optimisation cost = width^2 x depth x resolution^2 x fraction.
 
         Epochs and batch size are fixed in the paper; a proxy recipe with other epochs scales it by `epoch_ratio`.
+        `depth_ratio` is the depth factor actually built (`built_depth_ratio`: blocks are whole, so a depth
+        multiplier of 0.34 on 9 blocks builds 4, 0.44 of them); None prices the multiplier itself (the
+        paper's notation, where depths are whole multiples).
         """
         resolution = (self.resolution or target_resolution) / target_resolution
-        return self.width_mult**2 * self.depth_mult * resolution**2 * self.data_fraction * epoch_ratio
+        depth = self.depth_mult if depth_ratio is None else depth_ratio
+        return self.width_mult**2 * depth * resolution**2 * self.data_fraction * epoch_ratio
+
+    def built_depth_ratio(self, spec: ModelSpec | str) -> float:
+        """The proxy's blocks over the target's, as built (whole blocks per stage; unprojected stages count)."""
+        if self.depth_mult == 1:
+            return 1.0
+        target = block_count(spec)
+        return block_count(self.model(spec)) / target if target else 1.0
 
 
 def overhead_saved(ratio: float) -> float:
@@ -213,6 +230,11 @@ def _depth_options(spec: ModelSpec, options: Mapping[str, Any], mult: float) -> 
     )
 
 
+def block_count(spec: ModelSpec | str) -> int:
+    """How many blocks a model builds: the distinct (stage, block) of its channel groups."""
+    return len({(g.stage, g.block) for g in channel_space(spec) if g.block is not None})
+
+
 def _blocks(space: ChannelSpace) -> dict[tuple[int | None, str], list[ChannelGroup]]:
     runs: dict[tuple[int | None, str], list[ChannelGroup]] = {}
     for group in space:
@@ -247,11 +269,12 @@ def extrapolate(proxy: Widths, target: ChannelSpace, rule: str = "stack-average-
             raise ProjectionError(
                 f"extrapolation: the proxy has no stage {group.stage} {group.role} blocks for {group.name!r}"
             )
-        depth = len([g for g in target if (g.stage, g.role) == (group.stage, group.role)])
         block = group.block or 1
-        if len(run) == depth or block <= 1 or rule == "stack-last-block":
-            source = [run[min(block, len(run)) - 1]]
-        else:
+        if block <= len(run):  # the proxy has this block: its own multiplier
+            source = [run[block - 1]]
+        elif rule == "stack-last-block":
+            source = [run[-1]]
+        else:  # appended: the mean over the proxy's blocks after the first (the first block alone if none)
             source = run[1:] or run[:1]
         shape[group.name] = statistics.fmean(ratios[g.name] for g in source) * group.base
     return shape

@@ -21,6 +21,7 @@ import torch
 
 from widthtune.models.artifact import WIDTHS_FILE, WidthsArtifact, make_artifact
 from widthtune.models.cost import CostModel
+from widthtune.models.initialization import fill_bn_gamma
 from widthtune.models.match import COST_TOLERANCE, match_cost
 from widthtune.models.registry import materialize
 from widthtune.models.spec import ModelSpec
@@ -54,6 +55,7 @@ class FoundWidths:
     # the search's weights for `widths` (kept ones to fine-tune, or generated ones to start from); never saved
     weights: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)
     init_from_weights: bool = False
+    bn_gamma_init: float | None = None
 
 
 def find_widths(task: Task, method_name: str) -> FoundWidths:
@@ -84,6 +86,7 @@ def find_widths(task: Task, method_name: str) -> FoundWidths:
         dict(result.info),
         weights,
         result.init_from_weights and weights is not None,
+        result.bn_gamma_init,
     )
 
 
@@ -97,6 +100,23 @@ def starting_weights(retrain: Retraining, found: FoundWidths, method: str) -> Ma
             )
         return found.weights
     return found.weights if found.init_from_weights else None
+
+
+def initial_model(
+    spec: ModelSpec, found: FoundWidths, retrain: Retraining, method: str, seed: int, fresh: bool = True
+) -> torch.nn.Module:
+    """The model a trial trains: its starting weights (kept or generated) or, from scratch, the method's BN init.
+
+    `fresh=False` (a trial restored from its checkpoint) leaves it as materialised: the checkpoint's state wins.
+    """
+    model = materialize(spec, found.widths, seed=seed)
+    if fresh:
+        weights = starting_weights(retrain, found, method)
+        if weights is not None:
+            model.load_state_dict(weights)
+        elif found.bn_gamma_init is not None:
+            fill_bn_gamma(model, found.bn_gamma_init)
+    return model
 
 
 def epoch_metrics(
@@ -299,13 +319,9 @@ def _run_trial(config: dict[str, Any]) -> None:
         trial.train,
         float(cost_model.base().flops),
         float(cost_model.evaluate(found.widths).flops),
-        trial.data.name,
+        trial.data.scale,
     )
-    model = materialize(trial.model, found.widths, seed=recipe.seed)
-    if resume is None:
-        weights = starting_weights(trial.retrain, found, trial.method)
-        if weights is not None:
-            model.load_state_dict(weights)
+    model = initial_model(trial.model, found, trial.retrain, trial.method, recipe.seed, fresh=resume is None)
     latest: list[TrainState] = []
 
     def report(record: EpochRecord) -> None:
@@ -317,7 +333,7 @@ def _run_trial(config: dict[str, Any]) -> None:
     try:
         history = train(
             model,
-            task.data,
+            trial.retrain.training_data(task.data),  # the search had the training split; the test set never
             recipe,
             resume=resume,
             on_checkpoint=latest.append,

@@ -4,8 +4,14 @@ The trial runs the source method's search (same seed, so the same pruned model a
 then trains one of its controls from scratch: `uniform` (the base shape under one multiplier) or `guided`
 (each stage's average pruned width). With `source_model` (and optionally `source_data`) the source prunes
 another model or dataset and its stage pattern is applied here: transferred guided pruning (e.g. VGG-16 on one
-dataset guiding VGG-19 on another). The cost is the task's target when set, else the pruned model's share of
-its own base cost, applied to this model's base.
+dataset guiding VGG-19 on another).
+
+How the control is made comparable (`match`): with a cost target, the control is scaled to it; otherwise
+`channels` (the default, the chapter's protocol) keeps the ratios as they are -- uniform prunes the pruned
+model's overall share of channels from every layer, guided gives every layer its stage's average -- and the
+control is compared with the pruned model by its parameters; `params` or `macs` scales the shape by one
+multiplier to the pruned model's share of its base parameters or cost (in the task's convention), applied to
+this model's base.
 """
 
 from __future__ import annotations
@@ -16,7 +22,18 @@ from typing import Any
 
 from widthtune.models.cost import CostModel
 from widthtune.models.registry import canonical_spec
-from widthtune.search_spaces.controls import guided_control, stage_ratios, transferred_guided, uniform_control
+from widthtune.search_spaces.controls import (
+    MATCHES,
+    at_ratios,
+    channel_share,
+    guided_control,
+    guided_ratios,
+    stage_ratios,
+    transferred_guided,
+    transferred_ratios,
+    uniform_control,
+)
+from widthtune.trainables.artifacts import ArtifactContext, ArtifactRecipe
 from widthtune.trainables.method import Method
 from widthtune.trainables.registry import get_method, register
 from widthtune.trainables.task import SearchResult, Task
@@ -25,6 +42,7 @@ from widthtune.training.datasets import DataSpec, load_dataset
 KINDS = ("uniform", "guided")
 DEFAULTS: dict[str, Any] = {
     "kind": "guided",
+    "match": "channels",
     "source": "slimming",
     "source_params": {},
     "source_model": None,
@@ -51,30 +69,50 @@ def _source_task(task: Task, params: Mapping[str, Any]) -> Task:
 
 
 def search(task: Task) -> SearchResult:
-    """Prune with the source method, then build the control at the same cost (within 0.5%)."""
+    """Prune with the source method, then build the control by the chapter's protocol or at the same cost."""
     params = {**DEFAULTS, **task.params}
     source = _source_task(task, params)
     pruned = get_method(params["source"]).search(source)
-    base_cost = source.cost_model.base()[task.convention]
-    share = source.cost_model.cost(pruned.widths, task.convention) / base_cost
-    target = (
-        task.cost_target if task.cost_target is not None else share * task.cost_model.base()[task.convention]
-    )
-    if params["kind"] == "uniform":
-        matched = uniform_control(task.space, task.cost_model, target, task.convention)
-    elif source.model == task.model:
-        matched = guided_control(pruned.widths, task.cost_model, target, task.convention)
+    match = "cost_target" if task.cost_target is not None else str(params["match"])
+    multiplier = 1.0
+    if match == "channels":
+        if params["kind"] == "uniform":
+            ratios = dict.fromkeys(task.space.names, channel_share(pruned.widths))
+        elif source.model == task.model:
+            ratios = guided_ratios(pruned.widths)
+        else:
+            ratios = transferred_ratios(pruned.widths, task.space)
+        widths = at_ratios(task.space, ratios)
     else:
-        matched = transferred_guided(pruned.widths, task.space, task.cost_model, target, task.convention)
+        convention = "params" if match == "params" else task.convention
+        share = source.cost_model.cost(pruned.widths, convention) / source.cost_model.base()[convention]
+        target = (
+            task.cost_target if task.cost_target is not None else share * task.cost_model.base()[convention]
+        )
+        if params["kind"] == "uniform":
+            matched = uniform_control(task.space, task.cost_model, target, convention)
+        elif source.model == task.model:
+            matched = guided_control(pruned.widths, task.cost_model, target, convention)
+        else:
+            matched = transferred_guided(pruned.widths, task.space, task.cost_model, target, convention)
+        widths, multiplier = matched.widths, matched.multiplier
     info = {
         "kind": params["kind"],
+        "match": match,
         "source": params["source"],
         "source_model": str(source.model),
-        "source_share": share,
+        "source_channel_share": channel_share(pruned.widths),
+        "source_params": float(source.cost_model.cost(pruned.widths, "params")),
         "source_stage_ratios": {str(k): v for k, v in stage_ratios(pruned.widths).items()},
-        "multiplier": matched.multiplier,
+        "multiplier": multiplier,
     }
-    return SearchResult(matched.widths, search_flops=pruned.search_flops, match_target=False, info=info)
+    return SearchResult(
+        widths,
+        search_flops=pruned.search_flops,
+        match_target=False,
+        info=info,
+        bn_gamma_init=pruned.bn_gamma_init,  # trained from scratch as the source's own models are
+    )
 
 
 def check(params: Mapping[str, Any]) -> None:
@@ -82,6 +120,10 @@ def check(params: Mapping[str, Any]) -> None:
     merged = {**DEFAULTS, **params}
     if merged["kind"] not in KINDS:
         raise ValueError(f"method.kind: {merged['kind']!r} is not allowed; choose one of: {', '.join(KINDS)}")
+    if merged["match"] not in MATCHES:
+        raise ValueError(
+            f"method.match: {merged['match']!r} is not allowed; choose one of: {', '.join(MATCHES)}"
+        )
     source = get_method(str(merged["source"]))
     if not source.prunes:
         raise ValueError(
@@ -98,6 +140,14 @@ def check(params: Mapping[str, Any]) -> None:
         DataSpec(**merged["source_data"])
 
 
+def artifacts(params: Mapping[str, Any], context: ArtifactContext) -> Mapping[str, ArtifactRecipe]:
+    """The source method's shared artifacts (a pretrained baseline), when it prunes this trial's model and data."""
+    merged = {**DEFAULTS, **params}
+    if merged["source_model"] or merged["source_data"] is not None:
+        return {}  # another model or dataset: the source trains what it needs inside the trial
+    return get_method(str(merged["source"])).artifacts(dict(merged["source_params"] or {}), context)
+
+
 METHOD = register(
     Method(
         name="control",
@@ -105,5 +155,6 @@ METHOD = register(
         defaults=DEFAULTS,
         summary="Rethinking's controls: uniform or (transferred) guided pruning at a pruning method's cost",
         check=check,
+        artifacts=artifacts,
     )
 )

@@ -1,17 +1,25 @@
 """`l1_filter`: Li et al.'s L1-norm filter pruning -- predefined per-layer ratios on a pretrained model.
 
-The base model (seed task.seed) is trained for `pretrain_epochs` on the task's recipe (the paper prunes a
-fully trained model; its FLOPs count as search cost), then each prunable group drops its `ratio` of filters
-with the smallest L1 norms. The target widths are thus fixed by the ratios (a "predefined" architecture in
-Rethinking's terms); only which channels survive depends on the weights.
+The paper prunes a fully trained model, so by default (`pretrain_epochs: null`) the base model is the shared
+`pretrained` artifact: trained once per experiment and seed on the full recipe, and read by every trial
+(its training FLOPs count as search cost). An integer `pretrain_epochs` trains the base model (seed
+task.seed) inside the trial for that many epochs instead (0: prune the random initialisation). Then each
+prunable group drops its `ratio` of filters with the smallest L1 norms. The target widths are thus fixed by
+the ratios (a "predefined" architecture in Rethinking's terms); only which channels survive depends on the
+weights.
 
-- `ratio` is one number for every prunable group, a list with one number per prunable group (in channel-
-  space order), or a mapping group -> ratio (groups left out keep every channel; a nested mapping, as a
-  flattened config delivers `ratio.stage1.block1.mid`, is read back into dotted group names);
+- `preset` names one of Li et al.'s pruned models (`vgg16-a`, `resnet56-a`, `resnet56-b`, `resnet110-a`,
+  `resnet110-b`, `resnet34-a`, `resnet34-b`; see `l1_presets`): its groups, per-stage ratios and skipped
+  blocks; it replaces `ratio`, and the model must be the one it prunes;
+- `ratio` (0.5 when neither is given) is one number for every prunable group, a list with one number per
+  prunable group (in channel-space order), or a mapping group -> ratio (groups left out keep every channel;
+  a nested mapping, as a flattened config delivers `ratio.stage1.block1.mid`, is read back into dotted
+  group names);
 - a filter's score is the sum, over the group's conv (and linear) output members, of each member's L1 norm
   for that output channel: a residual stream's channel is written by several convs and is kept or removed
   in all of them at once, so its importance is the total weight mass that writes it;
-- widths are rounded to the group's divisor, never below its minimum (never 0), keeping the top filters.
+- a group keeps `int(base x (1 - ratio))` filters, floored as the reference code does (then down to the
+  group's divisor), never below its minimum (never 0), the top-scored ones.
 
 Streams routed by a zero-pad (option A) shortcut are not prunable (see models.inherit): there, as Li et al.
 do for CIFAR ResNets, prune the blocks' inner (`mid`) groups.
@@ -29,14 +37,18 @@ from torch import Tensor, nn
 from widthtune.models.inherit import inherit_weights, pad_linked_groups, top_channels
 from widthtune.models.registry import materialize
 from widthtune.models.space import ChannelSpace
-from widthtune.models.widths import Widths, round_width
+from widthtune.models.widths import Widths, smallest_width
+from widthtune.trainables.artifacts import ArtifactContext, ArtifactRecipe, trained_model
+from widthtune.trainables.l1_presets import PRESETS, get_preset
 from widthtune.trainables.method import Method
 from widthtune.trainables.registry import register
 from widthtune.trainables.retraining import rescale_recipe
 from widthtune.trainables.task import TRAIN_FLOPS_PER_MAC_PER_IMAGE, SearchResult, Task
 from widthtune.training.loop import train
 
-DEFAULTS: dict[str, Any] = {"ratio": 0.5, "pretrain_epochs": 5}
+DEFAULTS: dict[str, Any] = {"ratio": None, "preset": None, "pretrain_epochs": None}
+DEFAULT_RATIO = 0.5  # when neither a ratio nor a preset is given
+PRETRAINED = "pretrained"  # the shared artifact: the base model trained on the full recipe
 
 
 def filter_norms(
@@ -80,6 +92,8 @@ def _gather(params: Mapping[str, Any]) -> dict[str, Any]:
     if dotted:
         merged["ratio"] = dotted
     merged["ratio"] = flatten_ratio(merged["ratio"])
+    if merged["ratio"] is None and merged["preset"] is None:
+        merged["ratio"] = DEFAULT_RATIO
     return merged
 
 
@@ -121,36 +135,58 @@ def group_ratios(space: ChannelSpace, prunable: list[str], ratio: Any) -> dict[s
 def prune_by_ratios(
     space: ChannelSpace, scores: Mapping[str, Tensor], ratios: Mapping[str, float]
 ) -> tuple[Widths, dict[str, tuple[int, ...]]]:
-    """Each group keeps its top-scored (1 - ratio) share of filters, rounded to its divisor, at least its minimum."""
+    """Each group keeps int(base x (1 - ratio)) top-scored filters, down to its divisor, at least its minimum."""
     kept, values = {}, []
     for group in space:
         if group.name not in scores:
             kept[group.name] = tuple(range(group.base))
             values.append(group.base)
             continue
-        width = min(group.base, round_width(group.base * (1 - ratios.get(group.name, 0.0)), group))
+        kept_filters = int(group.base * (1 - ratios.get(group.name, 0.0)))  # floored, as the reference
+        width = min(group.base, max(smallest_width(group), kept_filters // group.divisor * group.divisor))
         kept[group.name] = top_channels(scores[group.name], width)
         values.append(width)
     return Widths(space, tuple(values)), kept
 
 
+def pretrained_model(task: Task, epochs: int | None) -> tuple[nn.Module, int]:
+    """The base model pruning starts from, and the training images it took: the shared artifact, or trained here."""
+    model = materialize(task.model, seed=task.seed)
+    if epochs is None and PRETRAINED in task.artifacts:
+        model.load_state_dict(torch.load(task.artifacts[PRETRAINED], map_location="cpu", weights_only=True))
+        return model, task.train.epochs * int(task.data.train_y.shape[0])
+    epochs = task.train.epochs if epochs is None else epochs  # called without the platform: the full recipe
+    if epochs == 0:
+        return model, 0
+    return model, train(model, task.data, rescale_recipe(task.train, epochs)).final.images_seen
+
+
+def resolve_ratios(space: ChannelSpace, prunable: list[str], params: Mapping[str, Any]) -> dict[str, float]:
+    """Each prunable group's ratio, from the preset or from `ratio`."""
+    if params["preset"] is not None:
+        preset = get_preset(str(params["preset"]))
+        preset.check(space)
+        return group_ratios(space, prunable, preset.ratios(space))
+    return group_ratios(space, prunable, params["ratio"])
+
+
 def search(task: Task) -> SearchResult:
-    """Pretrain the base model, rank filters by L1 norm, prune each group by its ratio, inherit the weights."""
+    """Take the pretrained base model, rank filters by L1 norm, prune each group by its ratio, inherit weights."""
     check(task.params)
     params = _gather(task.params)
     space = task.space
-    model = materialize(task.model, seed=task.seed)
-    images = 0
-    if params["pretrain_epochs"] > 0:
-        history = train(model, task.data, rescale_recipe(task.train, params["pretrain_epochs"]))
-        images = history.final.images_seen
+    model, images = pretrained_model(task, params["pretrain_epochs"])
     model.to("cpu").eval()
     scores = filter_norms(model, space, exclude=pad_linked_groups(model, space))
-    ratios = group_ratios(space, list(scores), params["ratio"])
+    ratios = resolve_ratios(space, list(scores), params)
     widths, kept = prune_by_ratios(space, scores, ratios)
     info = {
+        "preset": params["preset"],
         "ratios": ratios,
-        "pretrain_epochs": int(params["pretrain_epochs"]),
+        "pretrain_epochs": task.train.epochs
+        if params["pretrain_epochs"] is None
+        else params["pretrain_epochs"],
+        "pretrained_artifact": PRETRAINED in task.artifacts and params["pretrain_epochs"] is None,
         "images_seen": images,
         "cost": float(task.cost_model.cost(widths, task.convention)),
         "convention": task.convention,
@@ -166,12 +202,38 @@ def search(task: Task) -> SearchResult:
     )
 
 
+def artifacts(params: Mapping[str, Any], context: ArtifactContext) -> Mapping[str, ArtifactRecipe]:
+    """The base model trained once on the full recipe, unless the trial pretrains for its own epochs."""
+    if _gather(params)["pretrain_epochs"] is not None:
+        return {}
+    return {PRETRAINED: trained_model(context)}
+
+
+def check_model(params: Mapping[str, Any], space: ChannelSpace) -> None:
+    """A preset is for one model: its prunable layers per stage must be this model's."""
+    preset = _gather(params)["preset"]
+    if preset is not None:
+        get_preset(str(preset)).check(space)
+
+
 def check(params: Mapping[str, Any]) -> None:
-    """Ratios in [0, 1) (one, a list or a mapping) and pretrain_epochs >= 0; the message names the field."""
+    """A known preset or ratios in [0, 1) (one, a list or a mapping), pretrain_epochs >= 0 or null."""
     merged = _gather(params)
     epochs = merged["pretrain_epochs"]
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
-        raise ValueError(f"method.pretrain_epochs: {epochs!r} is not allowed; choose an integer >= 0")
+    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0):
+        raise ValueError(
+            f"method.pretrain_epochs: {epochs!r} is not allowed; choose an integer >= 0 "
+            "(or null: the shared baseline trained on the full recipe)"
+        )
+    preset = merged["preset"]
+    if preset is not None:
+        if not isinstance(preset, str) or preset not in PRESETS:
+            raise ValueError(
+                f"method.preset: {preset!r} is not a preset; choose one of: {', '.join(PRESETS)}"
+            )
+        if merged["ratio"] is not None:
+            raise ValueError("method.ratio: a preset sets the ratios; give either preset or ratio, not both")
+        return
     ratio = merged["ratio"]
     if isinstance(ratio, Mapping):
         for name, value in ratio.items():
@@ -194,6 +256,8 @@ METHOD = register(
         check=check,
         keeps_weights=True,
         prunes=True,
+        artifacts=artifacts,
         widest=lambda params: 1.0,
+        check_model=check_model,
     )
 )

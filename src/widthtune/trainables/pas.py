@@ -136,7 +136,7 @@ def cost_penalty(
     """beta x ((cost at the mask sums - target) / unit)^2: zero at the target, its gradient toward it."""
 
     def penalty(model: nn.Module) -> Tensor:
-        cost = cost_model.cost_tensor(model.widths(), convention)
+        cost = cost_model.cost_tensor(model.widths().double(), convention)
         return (beta * ((cost - target) / unit) ** 2).float()
 
     return penalty
@@ -246,7 +246,7 @@ def search(task: Task) -> SearchResult:
     costs: list[float] = []
 
     def record(_: EpochRecord) -> None:
-        costs.append(float(task.cost_model.cost_tensor(masked.widths().detach(), task.convention)))
+        costs.append(float(task.cost_model.cost_tensor(masked.widths().detach().double(), task.convention)))
 
     recipe = replace(rescale_recipe(task.train, int(params["search_epochs"])), schedule="constant")
     history = train(

@@ -4,7 +4,9 @@
 - `scratch-b` trains it for the same compute as the full model: epochs x cost_full / cost_pruned (rounded),
   at most 2x at ImageNet scale, with the decay schedule (milestones, step size, warm-up) stretched by the
   same factor so every decay happens at the same fraction of training.
-- `finetune` continues from inherited weights at the recipe's smallest learning rate, held constant:
+- `finetune` continues from inherited weights for the chapter's budget (40 epochs at CIFAR scale, 20 at
+  ImageNet scale, the dataset's declared `scale`; `finetune_epochs` sets another), at the recipe's smallest
+  learning rate, held constant:
   `constant` -> lr; `step` -> lr x gamma^((epochs - 1) // step_size), the rate of the last epoch;
   `multistep` -> lr x gamma^(milestones reached by the last epoch); `cosine` ends at zero, so its "smallest
   useful rate" is the mean of the cosine over the last quarter of training, lr x (1/2 - sqrt(2)/pi) ~ 0.05 lr
@@ -20,10 +22,17 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from widthtune.search_spaces.domains import split_spaces
+from widthtune.training.datasets import DatasetSplits, with_validation_in_training
 from widthtune.training.loop import TrainConfig
+from widthtune.training.streaming import StreamedSplits
 
 RETRAIN_MODES = ("scratch-e", "scratch-b", "finetune")
+# what the final retraining of found widths trains on: the training split (the validation split held out, as
+# the search had it) or the whole training set (training + validation, as the papers report); never the test set
+FINAL_TRAIN = ("split", "full")
 LARGE_SCALE_BUDGET_CAP = 2.0  # Rethinking: on ImageNet, Scratch-B at most doubles the epochs
+# Rethinking: "For CIFAR, training/fine-tuning takes 160/40 epochs. For ImageNet, ... 90/20 epochs."
+FINETUNE_EPOCHS = {"cifar": 40, "imagenet": 20}
 COSINE_LAST_QUARTER_MEAN = 0.5 - math.sqrt(2) / math.pi
 
 
@@ -93,7 +102,8 @@ def retrain_recipe(
         return recipe
     if mode == "scratch-b":
         return rescale_recipe(recipe, max(1, _round(recipe.epochs * factor)))
-    epochs = recipe.epochs if finetune_epochs is None else finetune_epochs
+    default = FINETUNE_EPOCHS["imagenet" if large_scale else "cifar"]
+    epochs = default if finetune_epochs is None else finetune_epochs
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"retrain.finetune_epochs: {epochs!r} is not allowed; choose an integer >= 1")
     return replace(
@@ -110,12 +120,14 @@ def retrain_recipe(
 class Retraining:
     """How a trial retrains its found widths: the mode, fine-tuning's epochs, whether the data is ImageNet-scale.
 
-    `large_scale` left unset means: capped Scratch-B for ImageNet-style folders, uncapped otherwise.
+    `large_scale` left unset means the dataset's declared scale (`DataSpec.scale`): capped Scratch-B and 20
+    fine-tuning epochs at ImageNet scale, uncapped and 40 at CIFAR scale.
     """
 
     mode: str = "scratch-e"
     finetune_epochs: int | None = None
     large_scale: bool | None = None
+    final_train: str = "split"
 
     def __post_init__(self) -> None:
         if self.mode not in RETRAIN_MODES:
@@ -125,25 +137,31 @@ class Retraining:
         epochs = self.finetune_epochs
         if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
             raise ValueError(f"retrain.finetune_epochs: {epochs!r} is not allowed; choose an integer >= 1")
+        if self.final_train not in FINAL_TRAIN:
+            raise ValueError(
+                f"retrain.final_train: {self.final_train!r} is not allowed; choose one of: {', '.join(FINAL_TRAIN)}"
+            )
         if self.large_scale is not None and not isinstance(self.large_scale, bool):
             raise ValueError(
                 f"retrain.large_scale: {self.large_scale!r} is not allowed; choose true or false"
             )
 
     def recipe(
-        self, recipe: TrainConfig, full_cost: float, pruned_cost: float, data_name: str
+        self, recipe: TrainConfig, full_cost: float, pruned_cost: float, data_scale: str
     ) -> TrainConfig:
-        """The recipe the found widths train with under this mode (Rethinking's budgets)."""
+        """The recipe the found widths train with under this mode (Rethinking's budgets at `data_scale`)."""
         if self.mode == "scratch-e":
             return recipe
-        large = self.large_scale if self.large_scale is not None else data_name in LARGE_SCALE_DATA
+        large = self.large_scale if self.large_scale is not None else data_scale == "imagenet"
         return retrain_recipe(
             self.mode, recipe, full_cost, pruned_cost, large_scale=large, finetune_epochs=self.finetune_epochs
         )
 
+    def training_data(self, data: DatasetSplits | StreamedSplits) -> DatasetSplits | StreamedSplits:
+        """What the found widths train on: the training split, or with `final_train: full` training + validation."""
+        return with_validation_in_training(data) if self.final_train == "full" else data
 
-# datasets whose Scratch-B budget is capped by default (ImageNet-style folders)
-LARGE_SCALE_DATA = ("imagefolder", "imagenet")
+
 RETRAIN_FIELDS = tuple(f.name for f in fields(Retraining))
 
 

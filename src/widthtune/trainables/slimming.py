@@ -9,9 +9,11 @@ subgradient sign(gamma)). Channels are then ranked across all groups at once:
   since the stream's channels are kept or removed together, the mean over those BNs is the one number that
   says how much the whole stream uses the channel;
 - the lowest-scored channels go first, globally; a group that reaches its smallest legal width (never 0)
-  stops losing channels and the threshold moves on to the others, so a ratio is met exactly in channels
-  (up to divisor rounding where a group's divisor is above 1);
-- `prune: ratio` removes round(ratio x prunable channels); `prune: cost` bisects the number of removed
+  stops losing channels and the threshold moves on to the others, so a ratio is met as closely as whole
+  channels allow (up to divisor rounding where a group's divisor is above 1);
+- `prune: ratio` removes round(ratio x prunable BN channels), counted per BN layer as the reference code
+  counts them: removing a channel of a stream written by k BNs removes k BN channels (on a plain net, one
+  group is one BN, so BN channels are channels); `prune: cost` bisects the number of removed
   channels (the threshold) to the least that brings the cost to at most task.cost_target; when that last
   channel overshoots by more than 0.5%, the best-scored removed channels that still fit are put back, so the
   cost lands within 0.5% below the target when integer widths allow (else divisor steps up, or up in one
@@ -19,7 +21,9 @@ subgradient sign(gamma)). Channels are then ranked across all groups at once:
 - widths are rounded to each group's divisor by keeping the group's top-scored channels.
 
 Groups without a BN, and streams routed by a zero-pad (option A) shortcut, are not pruned (see
-models.inherit). The result carries the kept indices and the sparsity-trained weights cut to them.
+models.inherit). The result carries the kept indices and the sparsity-trained weights cut to them, and (with
+`scratch_gamma`, the default) asks that a model trained from scratch at the found widths start its BN gammas
+at `gamma_init` too, as the reference code's models are all built with gamma 0.5.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from torch import Tensor, nn
 
 from widthtune.models.cost import CostModel
 from widthtune.models.inherit import inherit_weights, pad_linked_groups, top_channels
+from widthtune.models.initialization import fill_bn_gamma
 from widthtune.models.match import COST_TOLERANCE, MovePriority, refine_widths
 from widthtune.models.registry import materialize
 from widthtune.models.space import ChannelSpace
@@ -53,6 +58,7 @@ DEFAULTS: dict[str, Any] = {
     "sparsity_epochs": None,  # None: the recipe's epochs, as the paper sparsity-trains the full schedule
     "ratio": None,  # None: 0.7 for VGG (VGG-19 CIFAR-10), 0.4 otherwise (PreResNet-164)
     "prune": "auto",  # auto: ratio if one is given, else the cost target, else the default ratio
+    "scratch_gamma": True,  # scratch retraining starts BN gammas at gamma_init, as the reference's models do
 }
 PRUNE_MODES = ("auto", "ratio", "cost")
 SMALL_GAMMA = 1e-2  # info reports the share of gammas below this, a direct read-out of the sparsity
@@ -80,25 +86,35 @@ def is_vgg(spec: ModelSpec) -> bool:
     return "vgg" in f"{spec.family}:{spec.target or ''}".lower()
 
 
-def bn_scores(
+def bn_members(
     model: nn.Module, space: ChannelSpace, exclude: frozenset[str] = frozenset()
-) -> dict[str, Tensor]:
-    """Per prunable group, each channel's mean |gamma| over the group's BN members."""
+) -> dict[str, list[nn.Module]]:
+    """Per prunable group, the BN layers (with a gamma) among its members."""
     modules = dict(model.named_modules())
-    scores: dict[str, Tensor] = {}
+    members: dict[str, list[nn.Module]] = {}
     for group in space:
         if group.name in exclude:
             continue
-        gammas = [
-            modules[m.path].weight.detach().abs().float().cpu()
+        bns = [
+            modules[m.path]
             for m in group.members
             if m.kind != "param"
             and isinstance(modules.get(m.path), BN)
             and modules[m.path].weight is not None
         ]
-        if gammas:
-            scores[group.name] = torch.stack(gammas).mean(0)
-    return scores
+        if bns:
+            members[group.name] = bns
+    return members
+
+
+def bn_scores(
+    model: nn.Module, space: ChannelSpace, exclude: frozenset[str] = frozenset()
+) -> dict[str, Tensor]:
+    """Per prunable group, each channel's mean |gamma| over the group's BN members."""
+    return {
+        name: torch.stack([bn.weight.detach().abs().float().cpu() for bn in bns]).mean(0)
+        for name, bns in bn_members(model, space, exclude).items()
+    }
 
 
 def pruning_sequence(space: ChannelSpace, scores: Mapping[str, Tensor]) -> list[tuple[str, int, float]]:
@@ -155,11 +171,28 @@ def select(
     return _selection(space, scores, _widths_after(space, scores, sequence, count), threshold)
 
 
-def prune_to_ratio(space: ChannelSpace, scores: Mapping[str, Tensor], ratio: float) -> Selection:
-    """Remove round(ratio x prunable channels), as far as group floors allow."""
+def prune_to_ratio(
+    space: ChannelSpace,
+    scores: Mapping[str, Tensor],
+    ratio: float,
+    bn_layers: Mapping[str, int] | None = None,
+) -> Selection:
+    """Remove round(ratio x prunable BN channels), as far as group floors allow.
+
+    `bn_layers` is each group's number of BN layers (default 1): a channel of a group written by k BNs is k BN
+    channels. The count removed is the one whose BN channels come nearest the goal (the fewer on a tie).
+    """
     sequence = pruning_sequence(space, scores)
-    prunable = sum(space[name].base for name in scores)
-    return select(space, scores, sequence, min(len(sequence), math.floor(ratio * prunable + 0.5)))
+    layers = {name: (bn_layers or {}).get(name, 1) for name in scores}
+    goal = math.floor(ratio * sum(space[name].base * layers[name] for name in scores) + 0.5)
+    removed, best, best_gap = 0, 0, goal
+    for count, (name, _, _) in enumerate(sequence, start=1):
+        removed += layers[name]
+        if abs(removed - goal) < best_gap:
+            best, best_gap = count, abs(removed - goal)
+        if removed >= goal:
+            break
+    return select(space, scores, sequence, best)
 
 
 def prune_to_cost(
@@ -262,9 +295,7 @@ def resolve_params(task: Task) -> dict[str, Any]:
 def sparsity_train(model: nn.Module, task: Task, lam: float, gamma_init: float, epochs: int) -> int:
     """Set every BN gamma to gamma_init and train with lam x sum |gamma|; returns the images seen."""
     gammas = [m.weight for m in model.modules() if isinstance(m, BN) and m.weight is not None]
-    with torch.no_grad():
-        for gamma in gammas:
-            gamma.fill_(gamma_init)
+    fill_bn_gamma(model, gamma_init)
 
     def l1_gamma(_: nn.Module) -> Tensor:
         return lam * torch.stack([gamma.abs().sum() for gamma in gammas]).sum()
@@ -286,10 +317,13 @@ def search(task: Task) -> SearchResult:
     model.to("cpu").eval()
     fixed = pad_linked_groups(model, space)
     scores = bn_scores(model, space, exclude=fixed)
+    layers = {name: len(bns) for name, bns in bn_members(model, space, exclude=fixed).items()}
     if params["prune"] == "cost":
         chosen = prune_to_cost(space, scores, task.cost_model, float(task.cost_target), task.convention)
     else:
-        chosen = prune_to_ratio(space, scores, float(params["ratio"]))
+        chosen = prune_to_ratio(space, scores, float(params["ratio"]), layers)
+    bn_total = sum(space[name].base * count for name, count in layers.items())
+    bn_removed = sum((space[name].base - chosen.widths[name]) * count for name, count in layers.items())
     cost = float(task.cost_model.cost(chosen.widths, task.convention))
     all_gammas = torch.cat([m.weight.detach().abs().flatten() for m in model.modules() if isinstance(m, BN)])
     info = {
@@ -299,6 +333,10 @@ def search(task: Task) -> SearchResult:
         "sparsity_epochs": int(params["sparsity_epochs"]),
         "requested_ratio": float(params["ratio"]) if params["prune"] == "ratio" else None,
         "ratio": chosen.ratio,
+        "bn_channel_ratio": bn_removed / bn_total if bn_total else 0.0,
+        "pruned_bn_channels": bn_removed,
+        "prunable_bn_channels": bn_total,
+        "scratch_gamma": bool(params["scratch_gamma"]),
         "pruned_channels": chosen.pruned,
         "prunable_channels": chosen.prunable,
         "threshold": chosen.threshold,
@@ -317,6 +355,7 @@ def search(task: Task) -> SearchResult:
         match_target=False,
         info=info,
         weights=inherit_weights(model, space, chosen.kept),
+        bn_gamma_init=float(params["gamma_init"]) if params["scratch_gamma"] else None,
     )
 
 
@@ -341,6 +380,10 @@ def check(params: Mapping[str, Any]) -> None:
         )
     if ratio is not None and not (_number(ratio) and 0 < ratio < 1):
         raise ValueError(f"method.ratio: {ratio!r} is not allowed; choose a number in (0, 1)")
+    if not isinstance(merged["scratch_gamma"], bool):
+        raise ValueError(
+            f"method.scratch_gamma: {merged['scratch_gamma']!r} is not allowed; choose true or false"
+        )
     if prune not in PRUNE_MODES:
         raise ValueError(f"method.prune: {prune!r} is not allowed; choose one of: {', '.join(PRUNE_MODES)}")
 

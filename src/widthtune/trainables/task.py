@@ -62,3 +62,5 @@ class SearchResult:
     init_from_weights: bool = (
         False  # scratch training starts from `weights` (else they serve fine-tuning only)
     )
+    # training from scratch starts every BN gamma at this value (Network Slimming's models: 0.5); None: 1
+    bn_gamma_init: float | None = None

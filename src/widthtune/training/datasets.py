@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import pickle
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +98,11 @@ class DataSpec:
                 f"data.workers: {self.workers!r} is not allowed; choose an integer >= 0 "
                 "(0 reads in the training process; unset: the trial's CPUs)"
             )
+
+    @property
+    def scale(self) -> str:
+        """`cifar` or `imagenet`: which of the papers' training budgets this dataset takes (DATASET_SCALE)."""
+        return DATASET_SCALE[self.name]
 
     @property
     def worker_count(self) -> int:
@@ -396,6 +401,17 @@ LOADERS: dict[str, Callable[[DataSpec], _Raw]] = {
     "synthetic": _synthetic,
 }
 DATASET_NAMES: tuple[str, ...] = tuple(LOADERS)
+# each dataset's scale, as the papers' budgets tell them apart: "imagenet" (folders of full-size images;
+# Rethinking caps Scratch-B at 2x and fine-tunes 20 epochs) or "cifar" (small images; fine-tunes 40 epochs)
+DATASET_SCALE: dict[str, str] = {
+    "cifar10": "cifar",
+    "cifar100": "cifar",
+    "digits": "cifar",
+    "imagefolder": "imagenet",
+    "imagenet": "imagenet",
+    "shapes": "cifar",
+    "synthetic": "cifar",
+}
 
 
 def check_dataset(spec: DataSpec) -> None:
@@ -441,6 +457,18 @@ def _train_val(labels: Tensor, spec: DataSpec) -> tuple[Tensor, Tensor]:
     subset = labels if kept is None else labels[kept]
     val, train = _split(subset, spec.val_fraction, torch.Generator().manual_seed(spec.seed + 1))
     return (train, val) if kept is None else (kept[train], kept[val])
+
+
+def with_validation_in_training(data: DatasetSplits | StreamedSplits) -> DatasetSplits | StreamedSplits:
+    """The splits with the validation images added to training (a final retraining on the whole training set,
+    as the papers report); the test split is untouched, the normalisation stays the training split's."""
+    if isinstance(data, StreamedSplits):
+        return replace(data, train_index=torch.cat([data.train_index, data.val_index]))
+    return replace(
+        data,
+        train_x=torch.cat([data.train_x, data.val_x]),
+        train_y=torch.cat([data.train_y, data.val_y]),
+    )
 
 
 def load_dataset(spec: DataSpec) -> DatasetSplits | StreamedSplits:

@@ -7,12 +7,14 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from widthtune.search_spaces.projections import Projection
 from widthtune.trainables.registry import USER_PREFIX, get_method
 
 KINDS = ("sweep", "compare", "transfer")
+# a transfer study's cost target when it names none: the target's own cost (equal FLOPs, the paper's eq. 1)
+TRANSFER_COST_TARGET = {"ratio": 1.0}
 # what a transfer study trains on the target beside the transferred widths
 BASELINES = ("direct", "uniform")
 # experiment names and method labels: they become folder names, file names and MLflow filter values
@@ -161,6 +163,14 @@ class ExperimentConfig(BaseModel):
     retrain: dict[str, Any] = Field(default_factory=dict)
 
     _shorthand = field_validator("search", "scheduler", "method", mode="before")(_named)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _transfer_at_equal_cost(cls, data: Any) -> Any:
+        """A transfer study without a cost target optimises at the target's own cost (the paper's eq. 1)."""
+        if isinstance(data, dict) and data.get("kind") == "transfer" and data.get("cost_target") is None:
+            return {**data, "cost_target": dict(TRANSFER_COST_TARGET)}
+        return data
 
     @field_validator("methods", mode="before")
     @classmethod
