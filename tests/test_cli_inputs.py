@@ -242,6 +242,7 @@ def test_models_lists_the_catalogue_without_torch():
         env={**os.environ, "COLUMNS": "200"},
     )
     assert result.returncode == 0 and "resnet_cifar" in result.stdout and "depth=56" in result.stdout
+    assert "repvgg" in result.stdout and "variant=A0" in result.stdout
     probe = subprocess.run(
         [
             sys.executable,

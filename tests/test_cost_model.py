@@ -107,3 +107,20 @@ def test_unknown_convention_is_rejected():
     cost_model = CostModel.from_spec("resnet_cifar:depth=8")
     with pytest.raises(ValueError, match="macs, flops, lwdna, params"):
         cost_model.cost(Widths.base(cost_model.space), "gmacs")
+
+
+@pytest.mark.parametrize("convention", ["macs", "flops", "lwdna", "params"])
+def test_cost_tensor_equals_the_arithmetic_cost_and_its_gradient_is_the_cost_per_channel(convention):
+    cost_model = CostModel.from_spec("resnet:depth=18,resolution=32,num_classes=10")
+    rng = np.random.default_rng(0)
+    values = np.asarray([g.base * rng.uniform(0.3, 1.0) for g in cost_model.space]).round()
+    widths = torch.tensor(values, requires_grad=True)
+    total = cost_model.cost_tensor(widths, convention)
+    assert total.item() == pytest.approx(float(cost_model.cost(values, convention)), rel=1e-12)
+    total.backward()
+    group = 3
+    step = values.copy()
+    step[group] += 1
+    difference = float(cost_model.cost(step, convention) - cost_model.cost(values, convention))
+    # cost is bilinear in two widths, so one channel more differs from the slope by the w_g^2 term only
+    assert widths.grad[group].item() == pytest.approx(difference, rel=0.05)

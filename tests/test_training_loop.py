@@ -118,6 +118,29 @@ def test_regularizer_and_hooks_run(data):
     assert [r.epoch for r in epochs] == [1, 2]
 
 
+class Gated(nn.Module):
+    """The small model with a gate the loss does not depend on (its gradient is zero, not None)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = small_model()
+        self.gate = nn.Parameter(torch.ones(()))
+
+    def forward(self, x):
+        return self.net(x) + 0 * self.gate
+
+
+def test_parameters_named_no_decay_are_trained_without_weight_decay(data):
+    exempt, decayed = Gated(), Gated()
+    train(exempt, data, config(epochs=1, weight_decay=0.1), no_decay=[exempt.gate])
+    train(decayed, data, config(epochs=1, weight_decay=0.1))
+    assert exempt.gate.item() == 1.0
+    assert decayed.gate.item() < 0.9
+    # the rest of the model decays as before: same weights either way
+    for a, b in zip(exempt.net.parameters(), decayed.net.parameters(), strict=True):
+        torch.testing.assert_close(a, b)
+
+
 def test_stop_training_returns_the_history_so_far(data):
     def stop_after_two(record):
         if record.epoch == 2:

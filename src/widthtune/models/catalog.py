@@ -114,5 +114,8 @@ PYTHON = _entry(
 )
 
 CATALOG: Mapping[str, FamilyEntry] = MappingProxyType(
-    {entry.name: entry for entry in (RESNET_CIFAR, VGG_CIFAR, MOBILENET_V2, RESNET, TORCHVISION, PYTHON)}
+    {
+        entry.name: entry
+        for entry in (RESNET_CIFAR, VGG_CIFAR, MOBILENET_V2, RESNET, REPVGG, TORCHVISION, PYTHON)
+    }
 )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -286,8 +286,12 @@ def train(
     resume: TrainState | None = None,
     on_checkpoint: Callable[[TrainState], None] | None = None,
     shard: Shard | None = None,
+    no_decay: Sequence[nn.Parameter] = (),
 ) -> History:
     """Train `model` in place on `data`; evaluate every epoch; return the history.
+
+    `no_decay` names parameters of `model` trained without weight decay (gates and masks, whose value is a
+    decision that decay would bias toward zero).
 
     `resume` continues from a saved state (the config may differ, e.g. a PBT-mutated learning rate);
     `on_checkpoint` receives the state after every epoch, before `on_epoch`. With a `shard` of several workers
@@ -308,9 +312,11 @@ def train(
     if teacher is not None:
         teacher.to(device).eval()
         distill = distill or DistillConfig()
-    decay = [p for p in model.parameters() if p.requires_grad]
+    exempt = {id(p) for p in no_decay}
+    decay = [p for p in model.parameters() if p.requires_grad and id(p) not in exempt]
+    kept = [p for p in model.parameters() if p.requires_grad and id(p) in exempt]
     optimizer = torch.optim.SGD(
-        decay,
+        [{"params": decay}, {"params": kept, "weight_decay": 0.0}] if kept else decay,
         lr=config.lr,
         momentum=config.momentum,
         nesterov=config.nesterov,
