@@ -223,7 +223,7 @@ def train_supernet(
     rng = np.random.default_rng(recipe.seed)
     folder.mkdir(parents=True, exist_ok=True)
     checkpoint = folder / CHECKPOINT_FILE
-    epoch, step, flops, seconds, losses, starts, resumes = 0, 0, 0.0, 0.0, [], 1, 0
+    done, step, flops, seconds, losses, starts, resumes = 0, 0, 0.0, 0.0, [], 1, 0
     torch.manual_seed(recipe.seed)
     if checkpoint.is_file():
         saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
@@ -240,7 +240,7 @@ def train_supernet(
             progress["seconds"],
         )
         losses, starts, resumes = progress["train_loss"], progress["starts"], progress["resumes"] + 1
-    for epoch in range(epoch + 1, config.epochs + 1):
+    for epoch in range(done + 1, config.epochs + 1):
         started = time.perf_counter()
         supernet.train()
         total, count = 0.0, 0
