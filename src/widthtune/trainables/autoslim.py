@@ -31,7 +31,7 @@ import numpy as np
 
 from widthtune.models.cost import CostModel
 from widthtune.models.supernet import Supernet
-from widthtune.models.widths import Widths
+from widthtune.models.widths import Widths, smallest_width
 from widthtune.trainables.artifacts import ArtifactContext, ArtifactRecipe
 from widthtune.trainables.method import Method
 from widthtune.trainables.registry import register
@@ -182,7 +182,7 @@ def artifacts(params: Mapping[str, Any], context: ArtifactContext) -> Mapping[st
     return {SUPERNET: recipe(params, context)}
 
 
-def _target(task: Task, supernet: Supernet) -> float:
+def _target(task: Task) -> float:
     if task.cost_target is not None:
         return float(task.cost_target)
     return 0.5 * float(task.cost_model.cost(Widths.base(task.space), task.convention))
@@ -192,15 +192,16 @@ def search(task: Task) -> SearchResult:
     """The supernet (shared), then the greedy pass (shared, continued) read at this trial's cost target."""
     params = {**DEFAULTS, **task.params}
     check(params)
-    need = recipe(params, trial_context(task))
-    supernet, summary, note = supernet_for(task, SUPERNET, need)
-    target = _target(task, supernet)
-    lowest = float(task.cost_model.cost(supernet.min_widths, task.convention))
+    target = _target(task)
+    narrowest = Widths(task.space, tuple(smallest_width(g) for g in task.space))
+    lowest = float(task.cost_model.cost(narrowest, task.convention))
     if target < lowest * (1 - task.tolerance):
         raise ValueError(
             f"cost_target: {target:,.0f} ({task.convention}) is out of reach for autoslim: its smallest "
             f"sub-network costs {lowest:,.0f}"
         )
+    need = recipe(params, trial_context(task))
+    supernet, summary, note = supernet_for(task, SUPERNET, need)
     batch = min(task.train.batch_size, int(task.data.train_x.shape[0]))
     settings = {
         "supernet": need.key,
