@@ -146,7 +146,10 @@ def test_searches_never_exceed_the_target_and_land_within_2_percent_under_it(kin
         ({"beta": 0.5}, r"^method.beta: 0.5 is not allowed; choose a number >= 1"),
         ({"alpha": 0}, r"^method.alpha: 0 is not allowed; choose a number > 0$"),
         ({"alpha": -2.0}, r"^method.alpha: -2.0 is not allowed"),
-        ({"search": "grid"}, r"^method.search: 'grid' is not allowed; choose one of: evolutionary, random$"),
+        (
+            {"strategy": "grid"},
+            r"^method.strategy: 'grid' is not allowed; choose one of: evolutionary, random$",
+        ),
         ({"mutation": 2}, r"^method.mutation: 2 is not allowed; choose a number in \[0, 1\]$"),
     ],
 )

@@ -11,8 +11,8 @@ CafeNet (Su et al., ICLR 2021), section by section:
 - Max-max selection: a width vector's score is the best held-out accuracy (after BN recalibration) among
   `eval_assignments` of its assignments.
 - FLOPs-sensitive bins (eq. 7, 9): from the cost model, b_i = beta x max_j eps_j / eps_i, beta = 1.
-- Search under cost <= target: evolutionary (`search: evolutionary`, CafeNet-E: `population`, `generations`,
-  `mutation`, `crossover`) or random (`search: random`, CafeNet-R: `samples` candidates, by default as many
+- Search under cost <= target: evolutionary (`strategy: evolutionary`, CafeNet-E: `population`, `generations`,
+  `mutation`, `crossover`) or random (`strategy: random`, CafeNet-R: `samples` candidates, by default as many
   as the evolution scores); every candidate is made maximal under the budget (search_spaces/bin_search.py).
 - Multi-stage search (eq. 10) with `stages` T > 1: stage t searches under FLOPs(0) - (FLOPs(0) - target) t/T,
   below the previous stage's widths, with minimum bin size beta x alpha^(T - t) (it shrinks by alpha = 2 per
@@ -69,7 +69,7 @@ DEFAULTS: dict[str, Any] = {
     "beta": 1,
     "alpha": 2.0,
     "stages": 1,
-    "search": "evolutionary",
+    "strategy": "evolutionary",
     "population": 40,
     "generations": 80,
     "mutation": 0.1,
@@ -80,7 +80,7 @@ DEFAULTS: dict[str, Any] = {
     "eval_batches": None,
     "match": False,
 }
-SEARCHES = ("evolutionary", "random")
+STRATEGIES = ("evolutionary", "random")
 SUPERNET = "supernet"
 
 
@@ -155,7 +155,7 @@ def search(task: Task) -> SearchResult:
         bins = bin_sizes(cost_model, Widths(task.space, tuple(int(v) for v in upper)), max(1.0, beta), "macs")
         grid = BinGrid(upper, lower, bins)
         try:
-            if params["search"] == "random":
+            if params["strategy"] == "random":
                 outcome = random_search(grid, score, cost, budget, int(samples), rng)
             else:
                 outcome = evolutionary_search(
@@ -187,7 +187,7 @@ def search(task: Task) -> SearchResult:
         "supernet": note,
         "supernet_flops": summary.flops,
         "supernet_epochs": summary.epochs,
-        "search": params["search"],
+        "strategy": params["strategy"],
         "held_out_accuracy": outcome.score,
         "cost": float(cost(outcome.widths)),
         "cost_target": target,
@@ -232,9 +232,9 @@ def check(params: Mapping[str, Any]) -> None:
     for name in ("mutation", "crossover"):
         if not 0 <= _real(name, merged[name]) <= 1:
             raise ValueError(f"method.{name}: {merged[name]!r} is not allowed; choose a number in [0, 1]")
-    if merged["search"] not in SEARCHES:
+    if merged["strategy"] not in STRATEGIES:
         raise ValueError(
-            f"method.search: {merged['search']!r} is not allowed; choose one of: {', '.join(SEARCHES)}"
+            f"method.strategy: {merged['strategy']!r} is not allowed; choose one of: {', '.join(STRATEGIES)}"
         )
     if not isinstance(merged["match"], bool):
         raise ValueError(f"method.match: {merged['match']!r} is not allowed; choose true or false")
