@@ -9,7 +9,8 @@ starts at the largest widths and, one step at a time, tries removing one `step` 
 batches after recalibrating its BN statistics on `calibration_batches` training batches, and keeps the single
 removal with the best accuracy, until the cost target is met. The descending pass is one list of points; it
 is saved beside the supernet (`greedy-<hash>.json`) and continued, never redone, so every cost target of an
-experiment reads its widths off one pass: the first point at or under its target.
+experiment reads its widths off one pass: the first point at or under its target. Trials of other targets wait for the pass on a lock file beside it
+(a POSIX lock: on a shared filesystem without locking, two trials may both compute it, with the same result).
 
 The found widths are trained from scratch like every method's (cost-matched to the target when `match`).
 Search FLOPs: the supernet's training (every sandwich forward and backward) plus every candidate's
@@ -18,6 +19,7 @@ recalibration and evaluation forwards of the pass up to this target.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import math
@@ -219,21 +221,18 @@ def search(task: Task) -> SearchResult:
     )
     shared = task.artifacts.get(SUPERNET)
     folder = Path(shared).parent if shared and note.startswith("shared") else None
-    path = _pass_file(folder, settings) if folder is not None else None
-    previous = _read_pass(path) if path is not None else None
-    greedy = previous
-    if previous is None or previous.at(target) is None:
-        greedy = slim(
-            supernet,
-            score,
-            task.cost_model,
-            steps(supernet.max_widths, str(params["step"])),
-            target,
-            task.convention,
-            previous,
-        )
-        if path is not None:
-            _write_pass(path, greedy)
+    step = steps(supernet.max_widths, str(params["step"]))
+    if folder is None:
+        previous = None
+        greedy = slim(supernet, score, task.cost_model, step, target, task.convention)
+    else:
+        path = _pass_file(folder, settings)
+        with open(path.with_suffix(".lock"), "w") as lock:  # trials of other targets wait, then read it
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            previous = greedy = _read_pass(path)
+            if previous is None or previous.at(target) is None:
+                greedy = slim(supernet, score, task.cost_model, step, target, task.convention, previous)
+                _write_pass(path, greedy)
     point = greedy.at(target) or greedy.points[-1]
     widths = Widths(task.space, tuple(point["widths"]))
     info = {
