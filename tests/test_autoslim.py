@@ -106,6 +106,7 @@ def test_supernet_training_resumes_after_a_kill_to_the_same_weights(tmp_path, da
     resumed = train_supernet(recipe, killed)
     straight = train_supernet(recipe, tmp_path / "straight")
     assert (resumed.starts, resumed.resumes, straight.resumes) == (1, 1, 0)
+    assert len(resumed.train_loss) == len(straight.train_loss) == 3, (resumed, straight)
     assert resumed.train_loss == pytest.approx(straight.train_loss)
     one = torch.load(killed / SUPERNET_FILE, weights_only=True)
     two = torch.load(tmp_path / "straight" / SUPERNET_FILE, weights_only=True)

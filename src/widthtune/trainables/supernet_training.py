@@ -233,7 +233,7 @@ def train_supernet(
         torch.set_rng_state(saved["torch_rng"])
         rng.bit_generator.state = json.loads(saved["numpy_rng"])
         progress = json.loads(saved["progress"])
-        epoch, step, flops, seconds = (
+        done, step, flops, seconds = (
             progress["epoch"],
             progress["step"],
             progress["flops"],
