@@ -14,6 +14,10 @@ vectors between the supernet's smallest and largest (per group, seeded); every f
   evaluation -- what a search that trains each candidate pays per candidate per epoch.
 - Cost model alone: `CostModel.cost` of one sampled candidate at a time (sampling included, as an
   evolutionary search's inner loop would call it), and of a batch of candidates in one numpy call.
+- Evolutionary search on the cost model alone: CafeNet-E's loop (`search_spaces.bin_search`, population 40,
+  `--generations`, FLOPs-sensitive bins at beta = 1, budget half the supernet's MACs) with a score that is
+  arithmetic on the widths, so the figure is the search's own throughput (filling each candidate to the
+  budget, crossover, mutation, ranking): candidates scored per second, against a supernet evaluation.
 - Per step: one SGD step (forward, backward, step) of a candidate through the supernet against the same
   step on the plain model at those widths; what moving the supernet to a new random width vector adds
   (the sub-network's cuts and re-sizing its frame, paid per sandwich-rule random width); and, for scale,
@@ -38,6 +42,8 @@ import torch.nn.functional as F
 from widthtune.models import Widths, channel_space, materialize
 from widthtune.models.cost import CostModel
 from widthtune.models.supernet import Supernet
+from widthtune.search_spaces.bin_search import BinGrid, evolutionary_search
+from widthtune.search_spaces.bins import bin_sizes
 from widthtune.training import DataSpec, DeviceLoader, TrainConfig, evaluate, load_dataset, train
 
 THREADS = 2
@@ -102,6 +108,7 @@ def main() -> None:
     parser.add_argument("--calibration-batches", type=int, default=5)
     parser.add_argument("--steps", type=int, default=6, help="SGD steps timed per variant (median)")
     parser.add_argument("--cost-candidates", type=int, default=20000)
+    parser.add_argument("--generations", type=int, default=10, help="evolutionary search on the cost model")
     args = parser.parse_args()
     torch.set_num_threads(THREADS)
     if os.getloadavg()[0] > BUSY_LOAD:
@@ -153,6 +160,31 @@ def main() -> None:
     print(
         f"  = {one_at_a_time * median(recalibrated):,.0f} candidates priced per recalibrated supernet "
         f"evaluation, {one_at_a_time * epoch:,.0f} per training epoch"
+    )
+
+    upper = np.asarray(supernet.max_widths.values, dtype=np.int64)
+    grid = BinGrid(
+        upper, np.asarray(supernet.min_widths.values), bin_sizes(cost_model, supernet.max_widths, 1)
+    )
+    budget = 0.5 * float(cost_model.cost(supernet.max_widths, "macs"))
+    weights = np.random.default_rng(SEED).random(len(upper))
+    started = time.perf_counter()
+    outcome = evolutionary_search(
+        grid,
+        lambda values: float(weights @ np.sqrt(values)),
+        lambda values: np.asarray(cost_model.cost(np.asarray(values, dtype=np.float64), "macs")),
+        budget,
+        population=40,
+        generations=args.generations,
+        mutation=0.1,
+        crossover=0.5,
+        rng=np.random.default_rng(SEED),
+    )
+    evolution = len(outcome.scored) / (time.perf_counter() - started)
+    print(
+        f"evolutionary search on the cost model alone (population 40, {args.generations} generations, "
+        f"{len(outcome.scored)} candidates): {evolution:,.0f} candidates/s, "
+        f"= {evolution * median(recalibrated):,.0f} per recalibrated supernet evaluation"
     )
 
     x, y = next(iter(loader))

@@ -13,6 +13,11 @@ from widthtune.trainables.registry import registered
 
 SPEC = "resnet_cifar:depth=8"
 METHODS = sorted(registered())
+# the search budget of a tiny contract run, for methods whose paper defaults search for hours
+SMALL_SEARCH = {
+    "autoslim": {"epochs": 1, "calibration_batches": 1, "eval_batches": 1},
+    "cafenet": {"epochs": 1, "population": 4, "generations": 1, "calibration_batches": 1, "eval_batches": 1},
+}
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +31,7 @@ def settings(name, task):
     params = dict(method.defaults)
     if name == "given":
         params.update(widths=Widths.base(task.space).as_dict(), match=True)
-    return params
+    return {**params, **SMALL_SEARCH.get(name, {})}
 
 
 @pytest.mark.parametrize("name", METHODS)

@@ -24,6 +24,7 @@ from widthtune.results.selection import select
 from widthtune.results.store import read_trials
 from widthtune.search_spaces.domains import Domain
 from widthtune.trainables.artifacts import ARTIFACT_DIR_KEY, MODEL_FILE, ArtifactRecipe
+from widthtune.trainables.supernet_training import SUPERNET_FILE, SUPERNET_KIND, train_supernet
 
 ARTIFACTS_DIR = "artifacts"
 
@@ -155,6 +156,36 @@ def _transfer_points(
     return Built(str(folder), grid=tuple(points), notes=tuple(f"transfer: skipped {s}" for s in skipped))
 
 
+def _trained_supernet(
+    recipe: ArtifactRecipe, key: str, folder: Path, config: ExperimentConfig, directory: Path
+) -> Built:
+    """A weight-sharing supernet trained once (AutoSlim's or CafeNet's rule), in a Ray task with a trial's
+    resources when Ray runs; it checkpoints every epoch, so building it again after a kill resumes."""
+    try:
+        import ray
+
+        if ray.is_initialized():
+            task = ray.remote(train_supernet).options(
+                num_cpus=config.resources.cpu, num_gpus=config.resources.gpu, max_retries=0
+            )
+            summary = ray.get(task.remote(recipe, folder))
+        else:
+            summary = train_supernet(recipe, folder)
+    except (ValueError, RuntimeError, OSError) as error:
+        cause = getattr(error, "cause", None) or error
+        raise ArtifactFailed(
+            f"artifact {recipe.key} ({recipe.kind}): {type(cause).__name__}: {cause}"
+        ) from None
+    return Built(
+        str(folder),
+        {key: str(folder / SUPERNET_FILE)},
+        notes=(
+            f"supernet {recipe.key}: {summary.epochs} epochs, {summary.flops:.3g} FLOPs, "
+            f"{summary.seconds:.0f} s ({summary.resumes} resumes)",
+        ),
+    )
+
+
 KINDS: dict[str, ArtifactKind] = {
     kind.name: kind
     for kind in (
@@ -163,6 +194,11 @@ KINDS: dict[str, ArtifactKind] = {
             "a model trained from scratch once (a teacher, a pretrained baseline)",
             _trained_model,
             _trained_model_study,
+        ),
+        ArtifactKind(
+            SUPERNET_KIND,
+            "a weight-sharing supernet trained once (sandwich rule or min-min)",
+            _trained_supernet,
         ),
         ArtifactKind("best-trial", "an earlier method's best completed trial (its checkpoint)", _best_trial),
         ArtifactKind(POINTS, "a method's proxy results extrapolated to the target", _transfer_points),
