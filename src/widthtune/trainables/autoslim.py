@@ -35,6 +35,7 @@ from widthtune.models.cost import CostModel
 from widthtune.models.supernet import Supernet
 from widthtune.models.widths import Widths, smallest_width
 from widthtune.trainables.artifacts import ArtifactContext, ArtifactRecipe
+from widthtune.trainables.hyperparameters import integer
 from widthtune.trainables.method import Method
 from widthtune.trainables.registry import register
 from widthtune.trainables.supernet_training import (
@@ -256,11 +257,6 @@ def search(task: Task) -> SearchResult:
     )
 
 
-def _positive_int(name: str, value: Any, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"method.{name}: {value!r} is not allowed; choose an integer >= {minimum}")
-
-
 def check(params: Mapping[str, Any]) -> None:
     """Every hyperparameter is in range; errors name the field and what is allowed."""
     merged = {**DEFAULTS, **params}
@@ -274,11 +270,11 @@ def check(params: Mapping[str, Any]) -> None:
         raise ValueError(
             f"method.width: {width!r} is not allowed; choose a number >= 1 (the supernet's widening)"
         )
-    _positive_int("n", merged["n"], 0)
-    _positive_int("calibration_batches", merged["calibration_batches"])
+    integer("n", merged["n"], 0)
+    integer("calibration_batches", merged["calibration_batches"])
     for name in ("epochs", "eval_batches"):
         if merged[name] is not None:
-            _positive_int(name, merged[name])
+            integer(name, merged[name])
     if merged["step"] not in STEPS:
         raise ValueError(f"method.step: {merged['step']!r} is not allowed; choose one of: {', '.join(STEPS)}")
     if not isinstance(merged["match"], bool):

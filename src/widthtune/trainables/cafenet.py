@@ -31,8 +31,6 @@ is a config, not an option: method `random` with `shape_seed` a space, `num_samp
 
 from __future__ import annotations
 
-import math
-import numbers
 from collections.abc import Mapping
 from typing import Any
 
@@ -48,6 +46,7 @@ from widthtune.search_spaces.bin_search import (
 )
 from widthtune.search_spaces.bins import bin_sizes
 from widthtune.trainables.artifacts import ArtifactContext, ArtifactRecipe
+from widthtune.trainables.hyperparameters import real
 from widthtune.trainables.method import Method
 from widthtune.trainables.registry import register
 from widthtune.trainables.supernet_training import (
@@ -205,16 +204,10 @@ def _integer(name: str, value: Any, minimum: int) -> None:
         raise ValueError(f"method.{name}: {value!r} is not allowed; choose an integer >= {minimum}")
 
 
-def _real(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise ValueError(f"method.{name}: {value!r} is not allowed; choose a number")
-    return float(value)
-
-
 def check(params: Mapping[str, Any]) -> None:
     """Every hyperparameter is in range; errors name the field and what is allowed."""
     merged = {**DEFAULTS, **params}
-    if not _real("width", merged["width"]) > 0:
+    if not real("width", merged["width"]) > 0:
         raise ValueError(f"method.width: {merged['width']!r} is not allowed; choose a number > 0")
     _integer("offset", merged["offset"], 0)
     for name in ("assignments", "eval_assignments", "stages", "population", "calibration_batches"):
@@ -223,14 +216,14 @@ def check(params: Mapping[str, Any]) -> None:
     for name in ("samples", "epochs", "eval_batches"):
         if merged[name] is not None:
             _integer(name, merged[name], 1)
-    if not _real("beta", merged["beta"]) >= 1:
+    if not real("beta", merged["beta"]) >= 1:
         raise ValueError(
             f"method.beta: {merged['beta']!r} is not allowed; choose a number >= 1 (the minimum bin size)"
         )
-    if not _real("alpha", merged["alpha"]) > 0:
+    if not real("alpha", merged["alpha"]) > 0:
         raise ValueError(f"method.alpha: {merged['alpha']!r} is not allowed; choose a number > 0")
     for name in ("mutation", "crossover"):
-        if not 0 <= _real(name, merged[name]) <= 1:
+        if not 0 <= real(name, merged[name]) <= 1:
             raise ValueError(f"method.{name}: {merged[name]!r} is not allowed; choose a number in [0, 1]")
     if merged["strategy"] not in STRATEGIES:
         raise ValueError(

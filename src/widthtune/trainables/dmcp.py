@@ -31,7 +31,6 @@ scratch like every method's.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -45,6 +44,7 @@ from widthtune.models.channel_scale import ChannelScaler, prefix_mask
 from widthtune.models.registry import materialize
 from widthtune.models.space import ChannelSpace
 from widthtune.models.widths import Widths, round_width, smallest_width
+from widthtune.trainables.hyperparameters import integer, real
 from widthtune.trainables.method import Method
 from widthtune.trainables.registry import register
 from widthtune.trainables.retraining import rescale_recipe
@@ -357,40 +357,29 @@ def search(task: Task) -> SearchResult:
     )
 
 
-def _number(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
-        raise ValueError(f"method.{name}: {value!r} is not allowed; choose a number")
-    return float(value)
-
-
-def _integer(name: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"method.{name}: {value!r} is not allowed; choose an integer >= {low}")
-
-
 def check(params: Mapping[str, Any]) -> None:
     """Every hyperparameter is in range; errors name the field and what is allowed."""
     merged = {**DEFAULTS, **params}
-    if not _number("widen", merged["widen"]) >= 1:
+    if not real("widen", merged["widen"]) >= 1:
         raise ValueError(f"method.widen: {merged['widen']!r} is not allowed; choose a number >= 1")
     for name in ("min_ratio", "arch_start"):
-        if not 0 <= _number(name, merged[name]) < 1:
+        if not 0 <= real(name, merged[name]) < 1:
             raise ValueError(f"method.{name}: {merged[name]!r} is not allowed; choose a number in [0, 1)")
     for name in ("band", "sample_tolerance"):
-        if not 0 < _number(name, merged[name]) < 1:
+        if not 0 < real(name, merged[name]) < 1:
             raise ValueError(f"method.{name}: {merged[name]!r} is not allowed; choose a number in (0, 1)")
     for name in ("arch_lr", "temperature"):
-        if not _number(name, merged[name]) > 0:
+        if not real(name, merged[name]) > 0:
             raise ValueError(f"method.{name}: {merged[name]!r} is not allowed; choose a number > 0")
     for name in ("arch_weight_decay", "cost_weight"):
-        if not _number(name, merged[name]) >= 0:
+        if not real(name, merged[name]) >= 0:
             raise ValueError(f"method.{name}: {merged[name]!r} is not allowed; choose a number >= 0")
-    _number("alpha_init", merged["alpha_init"])
-    _integer("subgroups", merged["subgroups"], 1)
-    _integer("random_widths", merged["random_widths"], 0)
-    _integer("samples", merged["samples"], 1)
+    real("alpha_init", merged["alpha_init"])
+    integer("subgroups", merged["subgroups"], 1)
+    integer("random_widths", merged["random_widths"], 0)
+    integer("samples", merged["samples"], 1)
     if merged["epochs"] is not None:
-        _integer("epochs", merged["epochs"], 1)
+        integer("epochs", merged["epochs"], 1)
     if merged["export"] not in EXPORTS:
         raise ValueError(
             f"method.export: {merged['export']!r} is not allowed; choose one of: {', '.join(EXPORTS)}"

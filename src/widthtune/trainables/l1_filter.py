@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from widthtune.models.inherit import inherit_weights, pad_linked_groups, top_channels
+from widthtune.models.inherit import pad_linked_groups, top_channels
 from widthtune.models.registry import materialize
 from widthtune.models.space import ChannelSpace
 from widthtune.models.widths import Widths, smallest_width
@@ -43,7 +43,7 @@ from widthtune.trainables.l1_presets import PRESETS, get_preset
 from widthtune.trainables.method import Method
 from widthtune.trainables.registry import register
 from widthtune.trainables.retraining import rescale_recipe
-from widthtune.trainables.task import TRAIN_FLOPS_PER_MAC_PER_IMAGE, SearchResult, Task
+from widthtune.trainables.task import SearchResult, Task, pruned_result
 from widthtune.training.loop import train
 
 DEFAULTS: dict[str, Any] = {"ratio": None, "preset": None, "pretrain_epochs": None}
@@ -191,15 +191,8 @@ def search(task: Task) -> SearchResult:
         "cost": float(task.cost_model.cost(widths, task.convention)),
         "convention": task.convention,
         "fixed_groups": sorted(set(space.names) - set(scores)),
-        "kept": {name: list(indices) for name, indices in kept.items()},
     }
-    return SearchResult(
-        widths,
-        search_flops=float(TRAIN_FLOPS_PER_MAC_PER_IMAGE * task.cost_model.base().macs * images),
-        match_target=False,
-        info=info,
-        weights=inherit_weights(model, space, kept),
-    )
+    return pruned_result(task, widths, model, space, kept, images, info)
 
 
 def artifacts(params: Mapping[str, Any], context: ArtifactContext) -> Mapping[str, ArtifactRecipe]:

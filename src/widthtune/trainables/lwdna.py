@@ -20,7 +20,6 @@ the widened net's cost (0.23 of ResNet-56 x2 is about 0.92 of ResNet-56).
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Mapping
 from typing import Any
 
@@ -33,6 +32,7 @@ from widthtune.models.hypernet import Hypernet, reparameterize, shrink
 from widthtune.models.match import refine_widths
 from widthtune.models.space import ChannelSpace
 from widthtune.models.widths import Widths, smallest_width
+from widthtune.trainables.hyperparameters import real
 from widthtune.trainables.method import Method
 from widthtune.trainables.registry import register
 from widthtune.trainables.task import TRAIN_FLOPS_PER_MAC_PER_IMAGE, SearchResult, Task
@@ -260,23 +260,17 @@ def search(task: Task) -> SearchResult:
     )
 
 
-def _number(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
-        raise ValueError(f"method.{name}: {value!r} is not allowed; choose a number")
-    return float(value)
-
-
 def check(params: Mapping[str, Any]) -> None:
     """Every hyperparameter is in range; errors name the field and what is allowed."""
     merged = {**DEFAULTS, **params}
-    if not _number("beta", merged["beta"]) > 0:
+    if not real("beta", merged["beta"]) > 0:
         raise ValueError(
             f"method.beta: {merged['beta']!r} is not allowed; choose a number > 0 (usually >= 1)"
         )
     for name in ("rho", "tau"):
-        if not 0 <= _number(name, merged[name]) <= 1:
+        if not 0 <= real(name, merged[name]) <= 1:
             raise ValueError(f"method.{name}: {merged[name]!r} is not allowed; choose a number in [0, 1]")
-    if not 0 < _number("tolerance", merged["tolerance"]) < 1:
+    if not 0 < real("tolerance", merged["tolerance"]) < 1:
         raise ValueError(
             f"method.tolerance: {merged['tolerance']!r} is not allowed; choose a number in (0, 1)"
         )

@@ -23,8 +23,6 @@ scratch like every method's.
 
 from __future__ import annotations
 
-import math
-import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -39,6 +37,7 @@ from widthtune.models.match import match_cost
 from widthtune.models.registry import materialize
 from widthtune.models.space import ChannelSpace
 from widthtune.models.widths import Widths, smallest_width
+from widthtune.trainables.hyperparameters import real
 from widthtune.trainables.method import Method
 from widthtune.trainables.registry import register
 from widthtune.trainables.retraining import rescale_recipe
@@ -182,23 +181,17 @@ def search(task: Task) -> SearchResult:
     return SearchResult(widths, search_flops=search_flops, match_target=True, info=info)
 
 
-def _number(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
-        raise ValueError(f"method.{name}: {value!r} is not allowed; choose a number")
-    return float(value)
-
-
 def check(params: Mapping[str, Any]) -> None:
     """Every hyperparameter is in range; errors name the field and what is allowed."""
     merged = {**DEFAULTS, **params}
-    if not _number("strength", merged["strength"]) >= 0:
+    if not real("strength", merged["strength"]) >= 0:
         raise ValueError(
             f"method.strength: {merged['strength']!r} is not allowed; choose a number >= 0 "
             "(in units of 1 / the model's initial cost)"
         )
-    if not _number("threshold", merged["threshold"]) > 0:
+    if not real("threshold", merged["threshold"]) > 0:
         raise ValueError(f"method.threshold: {merged['threshold']!r} is not allowed; choose a number > 0")
-    if merged["lr"] is not None and not _number("lr", merged["lr"]) > 0:
+    if merged["lr"] is not None and not real("lr", merged["lr"]) > 0:
         raise ValueError(f"method.lr: {merged['lr']!r} is not allowed; choose a number > 0 (or null)")
     for name, low, none in (("epochs", 1, True), ("rounds", 1, False)):
         value = merged[name]

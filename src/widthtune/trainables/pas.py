@@ -26,8 +26,6 @@ Streams routed by a zero-pad (option A) shortcut are not masked (see models.inhe
 
 from __future__ import annotations
 
-import math
-import numbers
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from functools import partial
@@ -38,7 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from widthtune.models.cost import CostModel
-from widthtune.models.inherit import inherit_weights, pad_linked_groups, top_channels
+from widthtune.models.inherit import pad_linked_groups, top_channels
 from widthtune.models.mask_sites import mask_sites
 from widthtune.models.match import MovePriority, refine_widths
 from widthtune.models.registry import family_of, materialize
@@ -46,10 +44,11 @@ from widthtune.models.space import ChannelSpace
 from widthtune.models.spec import ModelSpec, parse_spec
 from widthtune.models.widths import Widths, round_width, smallest_width
 from widthtune.trainables.artifacts import ArtifactContext, ArtifactRecipe, trained_model
+from widthtune.trainables.hyperparameters import is_integer, is_real
 from widthtune.trainables.method import Method
 from widthtune.trainables.registry import register
 from widthtune.trainables.retraining import rescale_recipe
-from widthtune.trainables.task import TRAIN_FLOPS_PER_MAC_PER_IMAGE, SearchResult, Task
+from widthtune.trainables.task import SearchResult, Task, pruned_result
 from widthtune.training.loop import EpochRecord, train
 
 DEFAULTS: dict[str, Any] = {
@@ -281,15 +280,8 @@ def search(task: Task) -> SearchResult:
         "search_cost_by_epoch": costs,
         "search_images": history.final.images_seen,
         "pretrain_images": pretrain_images,
-        "kept": {name: list(indices) for name, indices in kept.items()},
     }
-    return SearchResult(
-        widths,
-        search_flops=float(TRAIN_FLOPS_PER_MAC_PER_IMAGE * task.cost_model.base().macs * images),
-        match_target=False,
-        info=info,
-        weights=inherit_weights(net, space, kept),
-    )
+    return pruned_result(task, widths, net, space, kept, images, info)
 
 
 def artifacts(params: Mapping[str, Any], context: ArtifactContext) -> Mapping[str, ArtifactRecipe]:
@@ -300,39 +292,31 @@ def artifacts(params: Mapping[str, Any], context: ArtifactContext) -> Mapping[st
     return {BASELINE: trained_model(context, train=None if epochs is None else {"epochs": int(epochs)})}
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _integer(value: Any, least: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= least
-
-
 def check(params: Mapping[str, Any]) -> None:
     """Every hyperparameter is a plain value in its allowed range; the message names the field."""
     merged = {**DEFAULTS, **params}
     beta, init, threshold, unit = merged["beta"], merged["init"], merged["threshold"], merged["cost_unit"]
-    if beta is not None and not (_number(beta) and beta > 0):
+    if beta is not None and not (is_real(beta) and beta > 0):
         raise ValueError(
             f"method.beta: {beta!r} is not allowed; choose a number > 0 (or null for the default)"
         )
-    if not _integer(merged["search_epochs"], 1):
+    if not is_integer(merged["search_epochs"], 1):
         raise ValueError(
             f"method.search_epochs: {merged['search_epochs']!r} is not allowed; choose an integer >= 1"
         )
     epochs = merged["pretrain_epochs"]
-    if epochs is not None and not _integer(epochs, 0):
+    if epochs is not None and not is_integer(epochs, 0):
         raise ValueError(
             f"method.pretrain_epochs: {epochs!r} is not allowed; choose an integer >= 0 (or null: the recipe's)"
         )
-    if not _number(threshold):
+    if not is_real(threshold):
         raise ValueError(f"method.threshold: {threshold!r} is not allowed; choose a number")
-    if not (_number(init) and init > threshold):
+    if not (is_real(init) and init > threshold):
         raise ValueError(
             f"method.init: {init!r} is not allowed; choose a number above method.threshold ({threshold!r}), "
             "so the masks start keeping every channel"
         )
-    if not (_number(unit) and unit > 0):
+    if not (is_real(unit) and unit > 0):
         raise ValueError(f"method.cost_unit: {unit!r} is not allowed; choose a number > 0 (1e9: GMACs)")
 
 

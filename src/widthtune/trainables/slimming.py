@@ -29,7 +29,6 @@ at `gamma_init` too, as the reference code's models are all built with gamma 0.5
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -39,17 +38,18 @@ import torch
 from torch import Tensor, nn
 
 from widthtune.models.cost import CostModel
-from widthtune.models.inherit import inherit_weights, pad_linked_groups, top_channels
+from widthtune.models.inherit import pad_linked_groups, top_channels
 from widthtune.models.initialization import fill_bn_gamma
 from widthtune.models.match import COST_TOLERANCE, MovePriority, refine_widths
 from widthtune.models.registry import materialize
 from widthtune.models.space import ChannelSpace
 from widthtune.models.spec import ModelSpec
 from widthtune.models.widths import Widths, round_width, smallest_width
+from widthtune.trainables.hyperparameters import is_real
 from widthtune.trainables.method import Method
 from widthtune.trainables.registry import register
 from widthtune.trainables.retraining import rescale_recipe
-from widthtune.trainables.task import TRAIN_FLOPS_PER_MAC_PER_IMAGE, SearchResult, Task
+from widthtune.trainables.task import SearchResult, Task, pruned_result
 from widthtune.training.loop import train
 
 DEFAULTS: dict[str, Any] = {
@@ -347,20 +347,9 @@ def search(task: Task) -> SearchResult:
         "fixed_groups": sorted(set(space.names) - set(scores)),
         "small_gamma_share": float((all_gammas < SMALL_GAMMA).float().mean()),
         "images_seen": images,
-        "kept": {name: list(indices) for name, indices in chosen.kept.items()},
     }
-    return SearchResult(
-        chosen.widths,
-        search_flops=float(TRAIN_FLOPS_PER_MAC_PER_IMAGE * task.cost_model.base().macs * images),
-        match_target=False,
-        info=info,
-        weights=inherit_weights(model, space, chosen.kept),
-        bn_gamma_init=float(params["gamma_init"]) if params["scratch_gamma"] else None,
-    )
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    gamma = float(params["gamma_init"]) if params["scratch_gamma"] else None
+    return pruned_result(task, chosen.widths, model, space, chosen.kept, images, info, bn_gamma_init=gamma)
 
 
 def check(params: Mapping[str, Any]) -> None:
@@ -368,17 +357,17 @@ def check(params: Mapping[str, Any]) -> None:
     merged = {**DEFAULTS, **params}
     lam, gamma_init, epochs = merged["lam"], merged["gamma_init"], merged["sparsity_epochs"]
     ratio, prune = merged["ratio"], merged["prune"]
-    if lam is not None and not (_number(lam) and lam >= 0):
+    if lam is not None and not (is_real(lam) and lam >= 0):
         raise ValueError(
             f"method.lam: {lam!r} is not allowed; choose a number >= 0 (or null for the default)"
         )
-    if not (_number(gamma_init) and gamma_init > 0):
+    if not (is_real(gamma_init) and gamma_init > 0):
         raise ValueError(f"method.gamma_init: {gamma_init!r} is not allowed; choose a number > 0")
     if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
         raise ValueError(
             f"method.sparsity_epochs: {epochs!r} is not allowed; choose an integer >= 1 (or null)"
         )
-    if ratio is not None and not (_number(ratio) and 0 < ratio < 1):
+    if ratio is not None and not (is_real(ratio) and 0 < ratio < 1):
         raise ValueError(f"method.ratio: {ratio!r} is not allowed; choose a number in (0, 1)")
     if not isinstance(merged["scratch_gamma"], bool):
         raise ValueError(

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from torch import nn
+
 from widthtune.models.cost import CostModel
+from widthtune.models.inherit import inherit_weights
 from widthtune.models.match import COST_TOLERANCE
 from widthtune.models.space import ChannelSpace
 from widthtune.models.spec import ModelSpec
@@ -64,3 +67,26 @@ class SearchResult:
     )
     # training from scratch starts every BN gamma at this value (Network Slimming's models: 0.5); None: 1
     bn_gamma_init: float | None = None
+
+
+def pruned_result(
+    task: Task,
+    widths: Widths,
+    model: nn.Module,
+    space: ChannelSpace,
+    kept: Mapping[str, Sequence[int]],
+    images: int,
+    info: Mapping[str, Any],
+    *,
+    bn_gamma_init: float | None = None,
+) -> SearchResult:
+    """What a pruning method hands in: the kept channels' weights (to fine-tune), its search priced as training the
+    base model on `images` images, and its own widths (not re-matched to the target)."""
+    return SearchResult(
+        widths,
+        search_flops=float(TRAIN_FLOPS_PER_MAC_PER_IMAGE * task.cost_model.base().macs * images),
+        match_target=False,
+        info={**info, "kept": {name: list(indices) for name, indices in kept.items()}},
+        weights=inherit_weights(model, space, kept),
+        bn_gamma_init=bn_gamma_init,
+    )
