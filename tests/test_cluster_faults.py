@@ -4,6 +4,7 @@ remaining node, every trial is stored exactly once in Parquet and MLflow, and no
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -64,7 +65,7 @@ def test_a_trial_outlives_its_worker_nodes_raylet_and_is_stored_once(tmp_path):
         config = {
             "name": "node-lost",
             "model": "resnet_cifar:depth=8",
-            "data": {"name": "digits", "resolution": 8, "fraction": 0.5},
+            "data": {"name": "digits", "resolution": 8},
             "train": {"epochs": 6, "batch_size": 16},
             "method": "uniform",
             "cost_target": {"ratio": 0.5},
@@ -87,8 +88,8 @@ def test_a_trial_outlives_its_worker_nodes_raylet_and_is_stored_once(tmp_path):
         while time.time() < deadline and run.poll() is None and killed is None:
             progress = journal(results)
             if len(progress) == 2 and all(
-                max(e) >= 2 for e in progress.values()
-            ):  # both trials (one per node) are past epoch 2
+                max(e) >= 1 for e in progress.values()
+            ):  # both trials (one per node) have a checkpoint, and most of their epochs ahead
                 killed = worker_raylet(cluster.temp_dir)
                 if killed is not None:
                     os.kill(killed, signal.SIGKILL)
@@ -110,8 +111,11 @@ def test_a_trial_outlives_its_worker_nodes_raylet_and_is_stored_once(tmp_path):
         assert len(arrived) == 2 and all(e.count(1) == 1 for e in arrived.values()), (
             arrived
         )  # never from zero
-        # the node's loss reached Tune: a trial failed and was retried (from its checkpoint, as the journal shows)
-        assert "Trial task failed" in (tmp_path / "shared" / "node-lost" / "driver.log").read_text()
+        # the node's loss reached Tune: a trial failed and was retried (from its checkpoint, as the journal shows);
+        # Tune's experiment state counts it (its log line may be routed elsewhere)
+        states = (tmp_path / "shared" / "node-lost" / "tune").glob("*/experiment_state-*.json")
+        failures = [int(n) for p in states for n in re.findall(r"num_failures\W+(\d+)", p.read_text())]
+        assert max(failures, default=0) >= 1, failures
         client = MlflowClient(f"sqlite:///{tmp_path / 'shared' / 'node-lost' / 'mlflow.db'}")
         experiment = client.get_experiment_by_name("node-lost")
         runs = client.search_runs([experiment.experiment_id], max_results=100)
