@@ -7,7 +7,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,19 +16,9 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from ports import free_port_from
 from widthtune.cluster.local import node_processes, start_local_cluster, stop_local_cluster
 from widthtune.results.store import read_epochs, read_trials
-
-
-def free_port_from(start):
-    for port in range(start, start + 200):
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise AssertionError(f"no free port from {start}")
 
 
 def journal(results):

@@ -4,29 +4,17 @@ results in storage, `widthtune resume` on that storage, and `widthtune cluster s
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 
 import pytest
 import yaml
 
+from ports import free_port_from
 from widthtune.cluster.local import default_temp_dir, node_processes
 from widthtune.results.store import read_trials
 
 COMMAND = [sys.executable, "-m", "widthtune.cli"]
-
-
-def free_port_from(start):
-    """The first free port from `start` (the cluster tests keep off Ray's defaults, 6379 and 8265)."""
-    for port in range(start, start + 200):
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise AssertionError(f"no free port from {start}")
 
 
 def widthtune(*args, env=None, timeout=600):
