@@ -11,7 +11,7 @@ import torch
 from widthtune.models.channel_scale import ChannelScaler, prefix_mask
 from widthtune.models.cost import CostModel
 from widthtune.models.inherit import channel_cuts, inherit_weights, pad_shortcuts
-from widthtune.models.registry import channel_space, materialize
+from widthtune.models.registry import canonical_spec, channel_space, materialize
 from widthtune.models.widths import Widths
 from widthtune.platform.config import ConfigError, validate_config
 from widthtune.trainables import dmcp
@@ -233,3 +233,14 @@ def test_expected_cost_on_zero_pad_shortcuts_is_the_chains_expectation_of_the_co
     for row in counts[:: len(counts) // 7]:
         widths = Widths(space, tuple(int(w) for w in dmcp.widths_of(group_chains, row)))
         assert cost_model.cost(widths) == counted_macs(materialize(SPEC_A, widths), 8)
+
+
+def test_dmcp_searches_an_option_a_resnet_end_to_end_at_the_target(task, one_thread):
+    spec = canonical_spec("resnet_cifar:depth=8,shortcut=A")
+    cost_model = CostModel.from_spec(spec)
+    option_a = replace(task, model=spec, cost_model=cost_model, cost_target=0.5 * cost_model.base().macs)
+    found = find_widths(replace(option_a, params={"arch_lr": 0.1, "arch_start": 0.0}), "dmcp")
+    assert found.info["arch_steps"] > 0 and np.isfinite(found.info["task_loss"])
+    assert abs(cost_model.cost(found.widths) - option_a.cost_target) <= 0.005 * option_a.cost_target
+    moved = [k for keep in found.info["keep_probabilities"].values() for k in keep]
+    assert any(abs(k - float(torch.sigmoid(torch.tensor(2.0)))) > 1e-3 for k in moved)
