@@ -10,8 +10,8 @@ import torch
 
 from widthtune.models.channel_scale import ChannelScaler, prefix_mask
 from widthtune.models.cost import CostModel
-from widthtune.models.inherit import inherit_weights
-from widthtune.models.registry import channel_space, materialize
+from widthtune.models.inherit import channel_cuts, inherit_weights, pad_shortcuts
+from widthtune.models.registry import canonical_spec, channel_space, materialize
 from widthtune.models.widths import Widths
 from widthtune.platform.config import ConfigError, validate_config
 from widthtune.trainables import dmcp
@@ -140,3 +140,107 @@ def test_the_expected_network_scales_each_sub_group_by_its_marginal_keep_probabi
     mask = dmcp.soft_mask(chain, alphas)
     assert mask.tolist() == pytest.approx([1, 1, first, first, first, second, second, second])
     assert float(mask.sum()) == pytest.approx(float(dmcp.expected_width(chain, alphas)))
+
+
+SPEC_A = "resnet_cifar:depth=8,resolution=8,shortcut=A"
+
+
+def prefix_state(model, space, widths):
+    """The base model's weights cut to the first `widths` channels of every group (no routing check)."""
+    cuts = channel_cuts(model, space, {name: range(w) for name, w in widths.items()})
+    state = {}
+    for key, tensor in model.state_dict().items():
+        for dim, index in cuts.get(key, {}).items():
+            tensor = tensor.index_select(dim, index)
+        state[key] = tensor
+    return state
+
+
+def counted_macs(model, resolution):
+    """Multiply-accumulates of one image, counted by hooks on every conv and linear (independent of CostModel)."""
+    total = []
+
+    def count(module, inputs, output):
+        per_output = module.weight[0].numel()  # in/groups x kernel area, or in_features
+        total.append(output[0].numel() * per_output)
+
+    hooks = [
+        m.register_forward_hook(count)
+        for m in model.modules()
+        if isinstance(m, torch.nn.Conv2d | torch.nn.Linear)
+    ]
+    with torch.no_grad():
+        model.eval()(torch.zeros(1, 3, resolution, resolution))
+    for hook in hooks:
+        hook.remove()
+    return sum(total)
+
+
+@pytest.mark.parametrize(
+    "streams",
+    [
+        (12, 10, 40),  # stage 2's stream narrower than stage 1's: the pad shortcut cuts
+        (8, 20, 30),  # widening by other amounts than the base's 16 -> 32 -> 64: re-centred padding
+        (16, 32, 64),  # the streams whole, only the mids masked
+    ],
+)
+def test_a_hard_mask_on_zero_pad_shortcuts_runs_the_narrower_networks_own_routing(streams):
+    space = channel_space(SPEC_A)
+    assert pad_shortcuts(materialize(SPEC_A), space), "the option-A model has zero-pad shortcuts"
+    torch.manual_seed(0)
+    model = materialize(SPEC_A, seed=0)
+    for module in model.modules():  # non-trivial BN statistics, so every channel's scale matters
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    model.eval()
+    mids = (5, 7, 9)
+    values = {f"stage{s + 1}.stream": w for s, w in enumerate(streams)}
+    values |= {f"stage{s + 1}.block1.mid": w for s, w in enumerate(mids)}
+    widths = Widths(space, tuple(values[name] for name in space.names))
+    small = materialize(SPEC_A, widths)
+    small.load_state_dict(prefix_state(model, space, widths))
+    small.eval()
+    x = torch.randn(4, 3, 8, 8)
+    with torch.no_grad():
+        whole = model(x)
+        scaler = ChannelScaler(model, space)
+        scaler.scales = {g.name: prefix_mask(widths[g.name], g.base) for g in space}
+        assert torch.allclose(model(x), small(x), atol=1e-5)
+        scaler.scales = {}  # unscaled: the base model's own routing again
+        assert torch.equal(model(x), whole)
+        scaler.remove()
+        assert not torch.allclose(whole, small(x), atol=1e-3)
+
+
+def test_expected_cost_on_zero_pad_shortcuts_is_the_chains_expectation_of_the_cost_model():
+    cost_model = CostModel.from_spec(SPEC_A)
+    space = cost_model.space
+    widest = Widths.base(space).scale(1.5)
+    group_chains = dmcp.chains(space, widest, 0.1, 2)  # 3 states per group: 3^6 joint states, enumerable
+    assert all(c.count == 2 for c in group_chains)
+    generator = torch.Generator().manual_seed(3)
+    alphas = [torch.randn(c.count, generator=generator, dtype=torch.float64) for c in group_chains]
+    keep = [torch.sigmoid(a).numpy() for a in alphas]
+    states = [(1 - k[0], k[0] * (1 - k[1]), k[0] * k[1]) for k in keep]  # P(0), P(1), P(2) sub-groups kept
+    counts = np.asarray(list(itertools.product(range(3), repeat=len(space))))
+    probability = np.prod([[states[g][k] for g, k in enumerate(row)] for row in counts], axis=1)
+    assert probability.sum() == pytest.approx(1.0)
+    costs = cost_model.cost(dmcp.widths_of(group_chains, counts).astype(np.float64))
+    expected = cost_model.cost_tensor(dmcp.expected_widths(group_chains, alphas))
+    assert float(expected) == pytest.approx(float(np.dot(probability, costs)), rel=1e-9)
+    # and the cost model prices each of those sub-networks as the built model counts it
+    for row in counts[:: len(counts) // 7]:
+        widths = Widths(space, tuple(int(w) for w in dmcp.widths_of(group_chains, row)))
+        assert cost_model.cost(widths) == counted_macs(materialize(SPEC_A, widths), 8)
+
+
+def test_dmcp_searches_an_option_a_resnet_end_to_end_at_the_target(task, one_thread):
+    spec = canonical_spec("resnet_cifar:depth=8,shortcut=A")
+    cost_model = CostModel.from_spec(spec)
+    option_a = replace(task, model=spec, cost_model=cost_model, cost_target=0.5 * cost_model.base().macs)
+    found = find_widths(replace(option_a, params={"arch_lr": 0.1, "arch_start": 0.0}), "dmcp")
+    assert found.info["arch_steps"] > 0 and np.isfinite(found.info["task_loss"])
+    assert abs(cost_model.cost(found.widths) - option_a.cost_target) <= 0.005 * option_a.cost_target
+    moved = [k for keep in found.info["keep_probabilities"].values() for k in keep]
+    assert any(abs(k - float(torch.sigmoid(torch.tensor(2.0)))) > 1e-3 for k in moved)

@@ -15,6 +15,7 @@ PROJECTION = {"width": 0.5, "depth": 0.5, "data_fraction": 0.5}
 SETTINGS = {
     "dmcp": {"arch_lr": 0.1, "random_widths": 1},
     "morphnet": {"strength": 20.0, "lr": 0.2},
+    "autoslim": {"n": 1, "calibration_batches": 1, "eval_batches": 1},
 }
 
 
@@ -59,7 +60,7 @@ def test_without_a_cost_target_every_study_runs_at_the_targets_own_cost(tmp_path
 
 @pytest.mark.slow  # about two minutes each on two cores
 @pytest.mark.usefixtures("local_ray")
-@pytest.mark.parametrize("method", ["dmcp", "morphnet"])
+@pytest.mark.parametrize("method", ["dmcp", "morphnet", "autoslim"])
 def test_a_tiny_transfer_study_runs_each_optimiser_end_to_end(tmp_path, method):
     directory = run_experiment(validate_config(transfer_config(tmp_path, method)), say=lambda line: None)
     rows = read_trials(directory / "results")

@@ -6,6 +6,13 @@ and a zero-pad (option A) shortcut writes the padded stream too. Scaling every w
 scales the group's channels wherever they are read, so a vector of zeros and ones is the sub-network of the
 kept channels (DMCP's sandwich sub-networks) and a vector of keep probabilities is DMCP's expected network.
 Scaling after the norm matters: a train-mode BN would normalise a scale applied before it away.
+
+A zero-pad shortcut routes by position, and a narrower network re-centres its padding: from a stream of a
+channels into one of b it puts channel i at i + (b - a) // 2 (or cuts at b when b < a). So a masked zero-pad
+shortcut is re-routed as the narrower network's own would be, reading each side's width as the prefix its
+scale keeps (the rounded sum of the scale: exact for DMCP's hard masks, the expected width for its soft
+ones), and then scaled by the sink's vector like every writer. Without that, a hard mask would run a
+sub-network whose shortcut carries other channels than the network it exports (see models.inherit).
 """
 
 from __future__ import annotations
@@ -22,7 +29,10 @@ NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm)
 
 
 def writers(model: nn.Module, space: ChannelSpace) -> dict[str, list[str]]:
-    """Per group, the paths of the modules whose outputs carry its channels last (norms, else convs/linears)."""
+    """Per group, the paths of the modules whose outputs carry its channels last (norms, else convs/linears).
+
+    A group a zero-pad shortcut adds into lists that shortcut too (the scaler re-routes it, then scales it).
+    """
     modules = dict(model.named_modules())
     found: dict[str, list[str]] = {}
     for group in space:
@@ -44,8 +54,11 @@ class ChannelScaler:
     def __init__(self, model: nn.Module, space: ChannelSpace) -> None:
         self.scales: Mapping[str, Tensor | None] = {}
         modules = dict(model.named_modules())
+        routes = {path: source.name for path, source, _ in pad_shortcuts(model, space)}
         self._hooks = [
-            modules[path].register_forward_hook(self._hook(name))
+            modules[path].register_forward_hook(
+                self._route(routes[path], name) if path in routes else self._hook(name)
+            )
             for name, paths in writers(model, space).items()
             for path in paths
         ]
@@ -60,11 +73,35 @@ class ChannelScaler:
 
         return scale
 
+    def _route(self, source: str, sink: str):
+        def route(module: nn.Module, inputs: tuple, output: Tensor) -> Tensor:
+            into, out = self.scales.get(source), self.scales.get(sink)
+            if into is None and out is None:
+                return output
+            x = inputs[0][:, :, :: module.stride, :: module.stride]
+            total = output.shape[1]
+            a = x.shape[1] if into is None else _prefix_width(into)
+            b = total if out is None else _prefix_width(out)
+            routed = output.new_zeros(output.shape)
+            start = max(b - a, 0) // 2
+            kept = min(a, b)
+            routed[:, start : start + kept] = x[:, :kept]
+            if out is None:
+                return routed
+            return routed * out.to(output.dtype).view(1, -1, *([1] * (output.dim() - 2)))
+
+        return route
+
     def remove(self) -> None:
         """Take every hook off the model."""
         for hook in self._hooks:
             hook.remove()
         self._hooks = []
+
+
+def _prefix_width(scale: Tensor) -> int:
+    """The width a scale vector keeps, read as a prefix: its sum, rounded (at least one channel)."""
+    return max(1, round(float(scale.detach().sum())))
 
 
 def prefix_mask(width: int, total: int, device: torch.device | str = "cpu") -> Tensor:

@@ -142,7 +142,11 @@ def match_cost(
     tolerance: float = COST_TOLERANCE,
     max_multiplier: float = float(MAX_WIDTH_RATIO),
 ) -> CostMatch:
-    """Scale `shape` by one multiplier (rounded to each group's divisor) until its cost is `target` +- tolerance."""
+    """Scale `shape` by one multiplier (rounded to each group's divisor) until its cost is `target` +- tolerance.
+
+    Where rounding each group up or down cannot bridge a cost step, groups may move one divisor step further,
+    two at a time, so every width stays within two steps of shape x multiplier.
+    """
     space = cost_model.space
     shape_values = np.asarray([float(shape[name]) for name in space.names])
     if not (np.isfinite(shape_values).all() and (shape_values > 0).all()):
@@ -160,9 +164,10 @@ def match_cost(
     def cost_at(multiplier: float) -> float:
         return float(cost_model.cost(widths_at(multiplier), convention))
 
-    def refined_at(multiplier: float) -> Refinement:
+    def refined_at(multiplier: float, slack: int = 0) -> Refinement:
         # one multiplier moves every group across its rounding boundary at once, so on small networks the
-        # cost jumps in steps larger than the tolerance; floor or ceil per group fills in those steps
+        # cost jumps in steps larger than the tolerance; floor or ceil per group fills in those steps, and
+        # with `slack` one more divisor step either way, two groups at a time
         exact = shape_values * multiplier
         return refine_widths(
             widths_at(multiplier),
@@ -170,9 +175,9 @@ def match_cost(
             cost_model,
             convention,
             tolerance=tolerance / 4,
-            lower=np.clip(np.floor(exact / divisors) * divisors, floors, ceilings),
-            upper=np.clip(np.ceil(exact / divisors) * divisors, floors, ceilings),
-            pairs=False,
+            lower=np.clip((np.floor(exact / divisors) - slack) * divisors, floors, ceilings),
+            upper=np.clip((np.ceil(exact / divisors) + slack) * divisors, floors, ceilings),
+            pairs=slack > 0,
         )
 
     low_cost = float(cost_model.cost(floors, convention))
@@ -194,14 +199,16 @@ def match_cost(
     candidates = [m for m in (low, high) if m > 0] or [high]
     best = min(candidates, key=lambda m: abs(cost_at(m) - target))
     refined = refined_at(best)
-    # on small networks the floor/ceil choice around one multiplier may not bridge a step: try neighbours
-    for step in NEIGHBOUR_STEPS:
-        if abs(refined.cost - target) <= tolerance * target:
-            break
-        multiplier = best * (1 + step)
-        candidate = refined_at(multiplier)
-        if abs(candidate.cost - target) < abs(refined.cost - target):
-            refined, best = candidate, multiplier
+    # on small networks the floor/ceil choice around one multiplier may not bridge a step: try neighbours,
+    # then (a shape with many one-channel groups, as MorphNet's alive counts can be) one more step of slack
+    for slack in (0, 1):
+        for step in (0.0, *NEIGHBOUR_STEPS) if slack else NEIGHBOUR_STEPS:
+            if abs(refined.cost - target) <= tolerance * target:
+                break
+            multiplier = best * (1 + step)
+            candidate = refined_at(multiplier, slack)
+            if abs(candidate.cost - target) < abs(refined.cost - target):
+                refined, best = candidate, multiplier
     if abs(refined.cost - target) > tolerance * target:
         raise CostTargetError(
             f"{convention} target {target:,.0f} cannot be met within {tolerance:.1%}: the closest width vector costs "
