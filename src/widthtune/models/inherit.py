@@ -153,13 +153,13 @@ class _SlicePlan:
         self.state = state
         self.cuts: dict[str, dict[int, Tensor]] = {}
 
-    def cut(self, key: str, dim: int, index: Tensor, size: int, group: str) -> None:
+    def cut(self, key: str, dim: int, index: Tensor, size: int, owner: str) -> None:
         if key not in self.state:
             return  # e.g. a conv without bias
         actual = self.state[key].shape[dim]
         if actual != size:
             raise ValueError(
-                f"{key} has {actual} channels along dim {dim} but group {group} expects {size}: "
+                f"{key} has {actual} channels along dim {dim} but {owner} expects {size}: "
                 "inherit from a model at the space's base widths"
             )
         previous = self.cuts.setdefault(key, {}).get(dim)
@@ -169,43 +169,75 @@ class _SlicePlan:
 
 
 def _plan_member(
-    plan: _SlicePlan, module: nn.Module, path: str, kind: str, group: ChannelGroup, index: Tensor
+    plan: _SlicePlan, module: nn.Module, path: str, kind: str, size: int, index: Tensor, owner: str
 ) -> None:
-    name = group.name
+    """Cut one layer dimension of `size` base channels down to `index` (`owner` names it in errors)."""
     if isinstance(module, nn.Conv2d):
         if is_depthwise(module) or kind == "out":
             if module.groups > 1 and not is_depthwise(module):
                 raise ValueError(f"{path}: grouped convs cannot inherit a channel subset")
-            plan.cut(f"{path}.weight", 0, index, group.base, name)
-            plan.cut(f"{path}.bias", 0, index, group.base, name)
+            plan.cut(f"{path}.weight", 0, index, size, owner)
+            plan.cut(f"{path}.bias", 0, index, size, owner)
         else:
             if module.groups > 1:
                 raise ValueError(f"{path}: grouped convs cannot inherit a channel subset")
-            plan.cut(f"{path}.weight", 1, index, group.base, name)
+            plan.cut(f"{path}.weight", 1, index, size, owner)
     elif isinstance(module, nn.Linear):
         if kind == "out":
-            plan.cut(f"{path}.weight", 0, index, group.base, name)
-            plan.cut(f"{path}.bias", 0, index, group.base, name)
+            plan.cut(f"{path}.weight", 0, index, size, owner)
+            plan.cut(f"{path}.bias", 0, index, size, owner)
         else:  # a flatten lays each channel's k values side by side: channel c owns [c*k, (c+1)*k)
-            factor, rest = divmod(module.in_features, group.base)
+            factor, rest = divmod(module.in_features, size)
             if rest:
-                raise ValueError(f"{path}: {module.in_features} inputs are not a multiple of {group.base}")
+                raise ValueError(f"{path}: {module.in_features} inputs are not a multiple of {size}")
             expanded = (index[:, None] * factor + torch.arange(factor)).flatten()
-            plan.cut(f"{path}.weight", 1, expanded, group.base * factor, name)
+            plan.cut(f"{path}.weight", 1, expanded, size * factor, owner)
     elif isinstance(module, NORMS):
         if isinstance(module, nn.LayerNorm) and len(module.normalized_shape) != 1:
             raise ValueError(f"{path}: only a LayerNorm over channels alone can be sliced")
         for key in BN_KEYS:
-            plan.cut(f"{path}.{key}", 0, index, group.base, name)
+            plan.cut(f"{path}.{key}", 0, index, size, owner)
     else:
         raise ValueError(f"cannot slice {path!r}: it is {type(module).__name__}, not a conv, linear or norm")
 
 
+def _slices(space: ChannelSpace) -> dict[str, list[tuple[str, str, int]]]:
+    """Per group, every layer dimension holding it and the base offset it starts at (a concat holds many)."""
+    slices: dict[str, list[tuple[str, str, int]]] = {group.name: [] for group in space}
+    for (path, kind), parts in space.layouts().items():
+        if kind == "param":
+            continue
+        offset = 0
+        for group, count in parts:
+            if group is not None:
+                slices[space.groups[group].name].append((path, kind, offset))
+            offset += count
+    return slices
+
+
+def _check_shuffles(space: ChannelSpace, full: Mapping[str, tuple[int, ...]]) -> None:
+    """A channel shuffle permutes channels by position, so no pruned group may pass one."""
+    for concat in space.concats:
+        if not concat.shuffled:
+            continue
+        for part in concat.parts:
+            if isinstance(part, str) and len(full[part]) < space[part].base:
+                raise ValueError(
+                    f"kept.{part}: its channels pass a channel shuffle before {concat.path!r}, which routes "
+                    "them by position; keep this group whole (prune groups that no shuffle reaches)"
+                )
+
+
 def inherit_weights(model: nn.Module, space: ChannelSpace, kept: KeptIndices) -> dict[str, Tensor]:
-    """State dict (CPU copies) for the model at `kept_widths(space, kept)`, cut from `model` at base widths."""
+    """State dict (CPU copies) for the model at `kept_widths(space, kept)`, cut from `model` at base widths.
+
+    A concatenation's consumer keeps, for each group it holds, that group's kept channels at the group's
+    offset, so every input slice follows its group.
+    """
     full = complete_kept(space, kept)
     kept_widths(space, full)  # minimums and divisors hold
     check_pad_shortcuts(model, space, full)
+    _check_shuffles(space, full)
     modules = dict(model.named_modules())
     state = model.state_dict()
     plan = _SlicePlan(state)
@@ -213,10 +245,19 @@ def inherit_weights(model: nn.Module, space: ChannelSpace, kept: KeptIndices) ->
         index = torch.tensor(full[group.name], dtype=torch.long)
         for member in group.members:
             if member.kind == "param":
-                plan.cut(member.path, member.dim, index, group.base, group.name)
-            else:
-                module = _module(modules, member.path)
-                _plan_member(plan, module, member.path, member.kind, group, index)
+                plan.cut(member.path, member.dim, index, group.base, f"group {group.name}")
+    for (path, kind), parts in space.layouts().items():
+        if kind == "param":
+            continue
+        pieces, offset = [], 0
+        for group, count in parts:
+            kept_here = range(count) if group is None else full[space.groups[group].name]
+            pieces.append(torch.tensor(kept_here, dtype=torch.long) + offset)
+            offset += count
+        owner = (
+            f"group {space.groups[parts[0][0]].name}" if len(parts) == 1 else f"the concatenation at {path}"
+        )
+        _plan_member(plan, _module(modules, path), path, kind, offset, torch.cat(pieces), owner)
     inherited: dict[str, Tensor] = {}
     for key, tensor in state.items():
         value = tensor.detach()
@@ -228,36 +269,38 @@ def inherit_weights(model: nn.Module, space: ChannelSpace, kept: KeptIndices) ->
 
 @torch.no_grad()
 def mask_channels(model: nn.Module, space: ChannelSpace, kept: KeptIndices) -> nn.Module:
-    """Zero pruned channels in place (norm gamma and beta; a group without norms: its writers' rows)."""
+    """Zero pruned channels in place: norm gamma and beta wherever the group is normed (each concatenated
+    consumer's slice too); a group without norms: its writers' rows."""
     full = complete_kept(space, kept)
     modules = dict(model.named_modules())
+    slices = _slices(space)
     for group in space:
         pruned = sorted(set(range(group.base)) - set(full[group.name]))
         if not pruned:
             continue
         index = torch.tensor(pruned, dtype=torch.long)
-        norms = [
-            _module(modules, m.path)
-            for m in group.members
-            if m.kind != "param" and isinstance(modules.get(m.path), NORMS)
+        normed = [
+            (_module(modules, path), offset)
+            for path, _, offset in slices[group.name]
+            if isinstance(modules.get(path), NORMS)
         ]
-        for norm in norms:
+        for norm, offset in normed:
             if norm.weight is None:
                 raise ValueError(f"group {group.name}: a norm without affine parameters cannot be masked")
-            norm.weight[index.to(norm.weight.device)] = 0
+            norm.weight[(index + offset).to(norm.weight.device)] = 0
             if norm.bias is not None:
-                norm.bias[index.to(norm.bias.device)] = 0
-        if norms:
+                norm.bias[(index + offset).to(norm.bias.device)] = 0
+        if normed:
             continue
         for member in group.members:
             if member.kind == "param":
                 param = model.get_parameter(member.path)
                 param.index_fill_(member.dim, index.to(param.device), 0)
-                continue
-            module = _module(modules, member.path)
-            writes = member.kind == "out" or (isinstance(module, nn.Conv2d) and is_depthwise(module))
+        for path, kind, offset in slices[group.name]:
+            module = _module(modules, path)
+            writes = kind == "out" or (isinstance(module, nn.Conv2d) and is_depthwise(module))
             if writes and isinstance(module, nn.Conv2d | nn.Linear):
-                module.weight[index.to(module.weight.device)] = 0
+                module.weight[(index + offset).to(module.weight.device)] = 0
                 if module.bias is not None:
-                    module.bias[index.to(module.bias.device)] = 0
+                    module.bias[(index + offset).to(module.bias.device)] = 0
     return model
