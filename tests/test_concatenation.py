@@ -11,7 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from widthtune.models import SpecError, Widths, WidthsError, channel_space, input_shape, materialize
 from widthtune.models.cost import CostModel
-from widthtune.models.inherit import inherit_weights, kept_widths, mask_channels
+from widthtune.models.inherit import inherit_weights, kept_widths, mask_channels, pad_linked_groups
 from widthtune.models.space import Member
 
 MODELS = textwrap.dedent('''
@@ -212,7 +212,11 @@ def test_shufflenet_ties_each_stage_and_keeps_shuffled_groups_whole():
     with pytest.raises(WidthsError, match="divisor 2"):
         Widths.from_mapping(space, {**Widths.base(space).as_dict(), stream.name: 57})
     inner = [g.name for g in space if g.name.endswith("branch2.0")]
-    assert_inherited_equals_masked(spec, random_kept(space, 1, groups=inner), 32)
+    assert set(pad_linked_groups(materialize(spec), space)) == set(space.names) - set(inner) - {
+        "conv1.0",
+        "conv5.0",
+    }
+    assert_inherited_equals_masked(spec, random_kept(space, 1, groups=[*inner, "conv1.0", "conv5.0"]), 32)
     with pytest.raises(ValueError, match="channel shuffle"):
         inherit_weights(materialize(spec), space, random_kept(space, 1, groups=[stream.name]))
 

@@ -14,6 +14,9 @@ the sliced model then computes what the masked model computes (up to float summa
 - residual streams with identity or projection (option C) shortcuts: the stream is one group, so the pruned
   channel is zeroed in *every* BN that writes into it (stem, each block's last BN, projection BN); identity
   adds and ReLUs keep zero at zero, so the channel is zero along the whole stage;
+- concatenations (DenseNet, Inception): a consumer of `torch.cat` holds several groups side by side, so
+  its input slice for each group is that group's kept channels shifted by the group's base offset; a
+  pruned channel is zeroed in every norm that sees it, each concatenated consumer's slice included;
 - zero-pad shortcuts (option A) have no parameters to mask: they route input channel i of one stream to
   channel i + (b - a) // 2 of the next by position, and the smaller model re-centres its own padding. So the
   two agree only when the kept indices of the two streams line up under both routings (see
@@ -116,9 +119,15 @@ def pad_shortcuts(model: nn.Module, space: ChannelSpace) -> list[tuple[str, Chan
     ]
 
 
+def shuffled_groups(space: ChannelSpace) -> frozenset[str]:
+    """Groups whose channels pass a channel shuffle, which routes them by position."""
+    return frozenset(p for c in space.concats if c.shuffled for p in c.parts if isinstance(p, str))
+
+
 def pad_linked_groups(model: nn.Module, space: ChannelSpace) -> frozenset[str]:
-    """Groups a zero-pad shortcut routes by position: pruning methods keep them whole."""
-    return frozenset(g.name for _, a, b in pad_shortcuts(model, space) for g in (a, b))
+    """Groups a zero-pad shortcut or a channel shuffle routes by position: pruning methods keep them whole."""
+    padded = {g.name for _, a, b in pad_shortcuts(model, space) for g in (a, b)}
+    return frozenset(padded | shuffled_groups(space))
 
 
 def _pad_target(channel: int, width_in: int, width_out: int) -> int | None:
@@ -217,15 +226,12 @@ def _slices(space: ChannelSpace) -> dict[str, list[tuple[str, str, int]]]:
 
 def _check_shuffles(space: ChannelSpace, full: Mapping[str, tuple[int, ...]]) -> None:
     """A channel shuffle permutes channels by position, so no pruned group may pass one."""
-    for concat in space.concats:
-        if not concat.shuffled:
-            continue
-        for part in concat.parts:
-            if isinstance(part, str) and len(full[part]) < space[part].base:
-                raise ValueError(
-                    f"kept.{part}: its channels pass a channel shuffle before {concat.path!r}, which routes "
-                    "them by position; keep this group whole (prune groups that no shuffle reaches)"
-                )
+    for name in sorted(shuffled_groups(space)):
+        if len(full[name]) < space[name].base:
+            raise ValueError(
+                f"kept.{name}: its channels pass a channel shuffle, which routes them by position; keep "
+                "this group whole (prune the groups no shuffle reaches)"
+            )
 
 
 def inherit_weights(model: nn.Module, space: ChannelSpace, kept: KeptIndices) -> dict[str, Tensor]:
