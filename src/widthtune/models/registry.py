@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from widthtune.models import mobilenet_v2, resnet, resnet_cifar, vgg_cifar
+from widthtune.models import densenet_cifar, mobilenet_v2, resnet, resnet_cifar, vgg_cifar
 from widthtune.models.dependency import UnsupportedModelError, dependency_space
 from widthtune.models.space import ChannelSpace
 from widthtune.models.spec import ModelSpec, SpecError, parse_spec
@@ -149,6 +149,13 @@ FAMILIES: dict[str, Family] = {
         vgg_cifar.channel_space,
         vgg_cifar.build,
         "CIFAR VGG-11/13/16/19 (Network Slimming configs)",
+    ),
+    "densenet_cifar": Family(
+        "densenet_cifar",
+        densenet_cifar.DEFAULTS,
+        densenet_cifar.channel_space,
+        densenet_cifar.build,
+        "CIFAR DenseNet (Network Slimming's DenseNet-40, DenseNet-BC-100): depth, growth, bottleneck, compression",
     ),
     "mobilenet_v2": Family(
         "mobilenet_v2",
