@@ -513,9 +513,9 @@ class ChannelTracer(TorchFunctionMode):
             return
         items = list(index) if isinstance(index, tuple) else [index]
         if any(isinstance(i, torch.Tensor | list) for i in items):
-            if state.split is None and out.dim() == tensor.dim() and out.shape[state.axis] == 1:
-                return
-            raise UnsupportedModelError(f"{where}: indexes a tensor with a tensor or list")
+            raise UnsupportedModelError(
+                f"{where}: indexes a tensor with a tensor or list, which the channel trace cannot follow"
+            )
         if Ellipsis in items:
             at = items.index(Ellipsis)
             fill = tensor.dim() - sum(1 for i in items if i is not None and i is not Ellipsis)
