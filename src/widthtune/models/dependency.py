@@ -7,16 +7,9 @@ import math
 import torch
 from torch import nn
 
-from widthtune.models.channel_trace import (
-    Layout,
-    MemberKey,
-    Shuffled,
-    Trace,
-    Unknowns,
-    UnsupportedModelError,
-    trace_channels,
-)
+from widthtune.models.channel_trace import MemberKey, Trace, trace_channels
 from widthtune.models.space import ChannelGroup, ChannelSpace, Concatenation, Member
+from widthtune.models.unknowns import Layout, Shuffled, Unknowns, UnsupportedModelError
 
 __all__ = ["UnsupportedModelError", "dependency_space"]
 
