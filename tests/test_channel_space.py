@@ -92,8 +92,8 @@ def test_python_factory_is_a_model_family(tmp_path):
 
 
 def test_unsupported_models_get_a_clear_error(tmp_path):
-    with pytest.raises(SpecError, match="concatenat"):
-        channel_space("torchvision:densenet121,resolution=64")
+    with pytest.raises(SpecError, match=r"layer 'features.1.0.attn' \(linear\): mixes channels outside"):
+        channel_space("torchvision:swin_t,resolution=64")
     with pytest.raises(SpecError, match="not a torchvision classification model"):
         channel_space("torchvision:not_a_model")
     with pytest.raises(SpecError, match="no file"):

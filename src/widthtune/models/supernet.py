@@ -268,7 +268,8 @@ class Supernet(nn.Module):
         self.cache_size = cache_size
         # the same groups with the supernet's widths as their base: what its channel indices range over
         self.shared_space = ChannelSpace(
-            tuple(replace(group, base=self.max_widths[group.name]) for group in self.space)
+            tuple(replace(group, base=self.max_widths[group.name]) for group in self.space),
+            self.space.concats,
         )
         self.model = materialize(self.spec, self.max_widths, seed=seed)
         self._slices = {
@@ -345,6 +346,9 @@ class Supernet(nn.Module):
         for key, dims in self._slices.items():
             entries = []
             for dim, where in dims:
+                if where.group is None:  # a concatenation: each group's channels at its offset
+                    entries.append(Cut(dim, index=where.index(kept, device)))
+                    continue
                 index = indices[where.group]
                 if index is None:
                     entries.append(Cut(dim, prefix=widths[where.group] * where.factor))
