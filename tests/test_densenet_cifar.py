@@ -11,6 +11,9 @@ from widthtune.models.cost import CostModel
 from widthtune.models.dependency import dependency_space
 from widthtune.models.inherit import inherit_weights, kept_widths, mask_channels
 from widthtune.models.space import Member
+from widthtune.platform.config import validate_config
+from widthtune.platform.runner import run_experiment
+from widthtune.results.store import read_trials
 
 
 def test_densenet40_reproduces_the_reference_figures():
@@ -110,3 +113,40 @@ def test_pruned_densenet_inherits_every_concatenated_slice():
 def test_bad_options_name_what_is_allowed(spec, message):
     with pytest.raises(SpecError, match=message):
         channel_space(spec)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("local_ray")
+def test_slimming_prunes_a_tiny_densenet_on_digits_fine_tuned_and_from_scratch(tmp_path):
+    spec = "densenet_cifar:depth=10,growth=4"
+    config = {
+        "name": "densenet-slimming",
+        "kind": "compare",
+        "model": spec,
+        "data": {"name": "digits", "resolution": 16, "fraction": 0.3},
+        "train": {"epochs": 2, "batch_size": 64, "lr": 0.05, "schedule": "multistep", "milestones": [1]},
+        "methods": [
+            {
+                "name": "slimming",
+                "lam": 0.001,
+                "ratio": 0.4,
+                "sparsity_epochs": 2,
+                "retrain": {"mode": {"grid": ["finetune", "scratch-e"]}, "finetune_epochs": 1},
+            }
+        ],
+        "storage": str(tmp_path),
+        "max_failures": 0,
+    }
+    directory = run_experiment(validate_config(config), say=lambda line: None)
+    rows = read_trials(directory / "results")
+    assert all(r["status"] == "completed" for r in rows), [r["error"] for r in rows]
+    by_mode = {r["retrain"]: r for r in rows if r["label"] == "slimming"}
+    assert set(by_mode) == {"finetune", "scratch-e"}
+    space = channel_space(f"{spec},resolution=16")
+    widths = dict(zip(space.names, by_mode["finetune"]["widths"], strict=True))
+    growth = [g for g in space if g.name.endswith(".growth")]
+    assert any(widths[g.name] < g.base for g in growth)  # groups seen only through concatenations were pruned
+    assert by_mode["finetune"]["widths"] == by_mode["scratch-e"]["widths"]
+    full = CostModel.from_spec(f"{spec},resolution=16").base().macs
+    assert by_mode["finetune"]["macs"] < full
+    assert by_mode["finetune"]["final_test_acc"] > 0.3 and by_mode["scratch-e"]["final_test_acc"] > 0.3

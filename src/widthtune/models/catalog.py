@@ -74,6 +74,20 @@ DENSENET_CIFAR = _entry(
         "min_width": 1,
     },
 )
+PRERESNET_CIFAR = _entry(
+    "preresnet_cifar",
+    "CIFAR pre-activation bottleneck ResNet, depth 9n+2 (PreResNet-164), with Network Slimming's channel selections",
+    {
+        "depth": 164,
+        "width": 1.0,
+        "select": True,
+        "num_classes": 10,
+        "resolution": 32,
+        "in_channels": 3,
+        "divisor": 1,
+        "min_width": 1,
+    },
+)
 MOBILENET_V2 = _entry(
     "mobilenet_v2",
     "MobileNetV2 with stem=cifar (stride 1) or stem=imagenet",
@@ -132,6 +146,15 @@ PYTHON = _entry(
 CATALOG: Mapping[str, FamilyEntry] = MappingProxyType(
     {
         entry.name: entry
-        for entry in (RESNET_CIFAR, VGG_CIFAR, DENSENET_CIFAR, MOBILENET_V2, RESNET, REPVGG, TORCHVISION, PYTHON)
+        for entry in (
+            RESNET_CIFAR,
+            VGG_CIFAR,
+            DENSENET_CIFAR,
+            MOBILENET_V2,
+            RESNET,
+            REPVGG,
+            TORCHVISION,
+            PYTHON,
+        )
     }
 )

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from widthtune.models.preresnet_cifar import ChannelSelection
 from widthtune.models.resnet_cifar import PadShortcut
 from widthtune.models.space import ChannelGroup, ChannelSpace
 from widthtune.models.surgery import is_depthwise
@@ -238,6 +239,9 @@ def _plan_member(plan: _SlicePlan, module: nn.Module, path: str, kind: str, part
             if rest:
                 raise ValueError(f"{path}: {module.in_features} inputs are not a multiple of {size}")
             plan.cut(f"{path}.weight", 1, Slice(parts, factor), owner)
+    elif isinstance(module, ChannelSelection):
+        if kind == "out":  # which of the channels it reads it passes on: cut like any output dim
+            plan.cut(f"{path}.indexes", 0, entry, owner)
     elif isinstance(module, NORMS):
         if isinstance(module, nn.LayerNorm) and len(module.normalized_shape) != 1:
             raise ValueError(f"{path}: only a LayerNorm over channels alone can be sliced")
@@ -321,7 +325,26 @@ def inherit_weights(model: nn.Module, space: ChannelSpace, kept: KeptIndices) ->
         for dim, index in cuts.get(key, {}).items():
             value = value.index_select(dim, index.to(value.device))
         inherited[key] = value.to("cpu", copy=True)
+    for path, reads in _selection_inputs(model, space).items():
+        inherited[f"{path}.indexes"] = _renumber(inherited[f"{path}.indexes"], full[reads], path)
     return inherited
+
+
+def _selection_inputs(model: nn.Module, space: ChannelSpace) -> dict[str, str]:
+    """Each channel selection's path -> the group it selects from."""
+    selections = {path for path, m in model.named_modules() if isinstance(m, ChannelSelection)}
+    return {m.path: g.name for g in space for m in g.members if m.kind == "in" and m.path in selections}
+
+
+def _renumber(selected: Tensor, kept: Sequence[int], path: str) -> Tensor:
+    """A selection's channels (base indices of what it reads) as positions among the kept ones it reads."""
+    position = {channel: i for i, channel in enumerate(kept)}
+    missing = [int(c) for c in selected.tolist() if int(c) not in position]
+    if missing:
+        raise ValueError(
+            f"{path}: selects channels {missing[:5]} of a group that does not keep them; keep them in both"
+        )
+    return torch.tensor([position[int(c)] for c in selected.tolist()], dtype=torch.long)
 
 
 @torch.no_grad()
