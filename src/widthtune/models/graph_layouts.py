@@ -38,6 +38,11 @@ __all__ = ["MemberKey", "Trace", "UnsupportedModelError", "trace_channels"]
 
 MemberKey = tuple[str, str, int]  # (module or parameter path, "out" | "in" | "param", dim)
 NORMS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
+LAYERS = (
+    nn.Conv2d,
+    nn.Linear,
+    *NORMS,
+)  # what resizes; the ops inside one (e.g. LayerNorm2d's permutes) are its own
 # autograd ops that mix channels with weights no Conv2d or Linear module owns
 MIXING = {
     "Mm", "Bmm", "Addmm", "Baddbmm", "Addbmm", "Matmul", "Convolution", "ConvolutionBackwardBackward",
@@ -45,7 +50,9 @@ MIXING = {
     "MiopenBatchNorm", "IndexSelect", "Gather", "Index", "Take", "ScaledDotProductEfficientAttention",
     "ScaledDotProductFlashAttention", "ScaledDotProductAttentionMath", "PreluKernel", "Dot", "Mv",
 }  # fmt: skip
-RESHAPES = {"View", "Reshape", "ReshapeAlias", "UnsafeView", "Squeeze", "Unsqueeze", "Flatten", "Unflatten"}
+RESHAPES = {
+    "View", "Reshape", "ReshapeAlias", "UnsafeView", "Squeeze", "Unsqueeze", "Flatten", "Unflatten", "AsStrided",
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -89,8 +96,18 @@ class _TracedGraph(tp.DependencyGraph):
         def forward(module: nn.Module, inputs: torch.Tensor) -> object:
             return module.train(training)(inputs)  # Torch-Pruning sets eval mode before it calls this
 
-        with torch.enable_grad():
-            return self._trace(model, example, forward, output_transform=None)
+        def reads(module: nn.Module, inputs: tuple) -> None:
+            if inputs and isinstance(inputs[0], torch.Tensor):
+                self.layer_inputs.setdefault(module, (inputs[0].grad_fn, inputs[0].output_nr))
+
+        self.layer_inputs: dict[nn.Module, tuple[object, int]] = {}
+        hooks = [m.register_forward_pre_hook(reads) for m in model.modules() if isinstance(m, LAYERS)]
+        try:
+            with torch.enable_grad():
+                return self._trace(model, example, forward, output_transform=None)
+        finally:
+            for hook in hooks:
+                hook.remove()
 
 
 def _op(node: object) -> str:
@@ -109,8 +126,11 @@ def _prod(values) -> int:
 class _Walk:
     """Follows channel layouts over the graph's nodes in data-flow order; results land in a `Trace`."""
 
-    def __init__(self, model: nn.Module, graph: dict, trace: Trace) -> None:
+    def __init__(
+        self, model: nn.Module, graph: dict, layer_inputs: dict[nn.Module, tuple[object, int]], trace: Trace
+    ) -> None:
         self.trace = trace
+        self.layer_inputs = layer_inputs
         self.unknowns = trace.unknowns
         self.paths = {module: path for path, module in model.named_modules()}
         self.params = {id(p): name for name, p in model.named_parameters()}
@@ -121,7 +141,14 @@ class _Walk:
 
     # --- the walk ------------------------------------------------------------------------------------------
     def inputs(self, node: object) -> list[tuple[object, int]]:
-        """The nodes (and which of their outputs) this node reads, in argument order."""
+        """The nodes (and which of their outputs) this node reads, in argument order.
+
+        A layer reads the tensor its forward was called with; the ops its own forward runs are skipped.
+        """
+        if isinstance(node.module, LAYERS) and node.module in self.layer_inputs:
+            fn, output = self.layer_inputs[node.module]
+            source = self.by_fn.get(fn)
+            return [] if source is None or source is node else [(source, output)]
         edges = []
         for fn, output in getattr(node.grad_fn, "next_functions", ()):
             source = self.by_fn.get(fn)
@@ -134,6 +161,7 @@ class _Walk:
         return edges
 
     def run(self) -> None:
+        self.inside = self.inside_layers()
         nodes = list(self.graph.values())
         edges = {id(node): self.inputs(node) for node in nodes}
         waiting = {id(n): len({id(s) for s, _ in edges[id(n)] if not isinstance(s, _Leaf)}) for n in nodes}
@@ -177,13 +205,31 @@ class _Walk:
     def set(self, node: object, output: int, state: Channels | None) -> None:
         self.states[(id(node), output)] = state
 
+    def inside_layers(self) -> set[int]:
+        """The nodes of ops a layer's own forward runs between its input and its output."""
+        inside: set[int] = set()
+        for module, (start, _) in self.layer_inputs.items():
+            node = self.graph.get(module)
+            if node is None:
+                continue
+            stack = [fn for fn, _ in getattr(node.grad_fn, "next_functions", ()) if fn is not None]
+            while stack:
+                fn = stack.pop()
+                inner = self.by_fn.get(fn)
+                if fn is start or inner is None or id(inner) in inside or isinstance(inner.module, LAYERS):
+                    continue
+                inside.add(id(inner))
+                stack.extend(f for f, _ in getattr(fn, "next_functions", ()) if f is not None)
+        return inside
+
     def visit(self, node: object, edges: list[tuple[object, int]]) -> None:
         for source, _ in edges:
             if not isinstance(source, _Leaf) and id(source) in self.last_layer:
                 self.last_layer[id(node)] = self.last_layer[id(source)]
         module = node.module
-        if isinstance(module, nn.Parameter):
-            self.set(node, 0, None)
+        if isinstance(module, nn.Parameter) or id(node) in self.inside:
+            for output in range(len(node.grad_fn._input_metadata)):
+                self.set(node, output, None)
             return
         if isinstance(module, nn.Module) and module in self.paths:
             self.last_layer[id(node)] = self.paths[module]
@@ -247,7 +293,7 @@ class _Walk:
         if isinstance(module, nn.LayerNorm) and (
             len(module.normalized_shape) != 1
             or out_shape[state.axis] != module.normalized_shape[0]
-            or state.axis != len(out_shape) - 1
+            or (type(module) is nn.LayerNorm and state.axis != len(out_shape) - 1)  # subclasses may permute
         ):
             raise UnsupportedModelError(f"layer {path!r} ({kind}): normalises other axes than the channels")
         if isinstance(module, nn.modules.batchnorm._BatchNorm | nn.GroupNorm) and state.axis != 1:
@@ -403,6 +449,8 @@ class _Walk:
     def reshape(self, node: object, edge: tuple[object, int], where: str) -> None:
         state = self.state(*edge)
         shape_in, shape_out = list(_shape(*edge)), list(_shape(node, 0))
+        if _prod(shape_in) != _prod(shape_out):
+            raise UnsupportedModelError(f"{where}: views {_prod(shape_out)} of {_prod(shape_in)} elements")
         if shape_in[state.axis] == 1:  # a one-channel axis cannot be told from a broadcast one: keep it one
             self.unknowns.fix(state.layout)
             self.set(node, 0, None)
@@ -573,11 +621,13 @@ def trace_channels(model: nn.Module, example: torch.Tensor) -> Trace:
     batch = example.expand(2, *example.shape[1:]).contiguous()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        graph = _TracedGraph()
         try:
-            graph = _TracedGraph().trace(copied, batch, training=True)
+            graph.module2node = graph.trace(copied, batch, training=True)
         except (RuntimeError, ValueError):
             copied = copy.deepcopy(model)
-            graph = _TracedGraph().trace(copied, batch, training=False)
+            graph = _TracedGraph()
+            graph.module2node = graph.trace(copied, batch, training=False)
     trace = Trace()
-    _Walk(copied, graph, trace).run()
+    _Walk(copied, graph.module2node, graph.layer_inputs, trace).run()
     return trace
