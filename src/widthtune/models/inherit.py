@@ -350,7 +350,8 @@ def _renumber(selected: Tensor, kept: Sequence[int], path: str) -> Tensor:
 @torch.no_grad()
 def mask_channels(model: nn.Module, space: ChannelSpace, kept: KeptIndices) -> nn.Module:
     """Zero pruned channels in place: norm gamma and beta wherever the group is normed (each concatenated
-    consumer's slice too); a group without norms: its writers' rows."""
+    consumer's slice too), and its writers' rows, so a channel is zero also where no norm follows its
+    writer (a pre-activation stream that a projection reads raw)."""
     full = complete_kept(space, kept)
     modules = dict(model.named_modules())
     slices = _slices(space)
@@ -370,8 +371,6 @@ def mask_channels(model: nn.Module, space: ChannelSpace, kept: KeptIndices) -> n
             norm.weight[(index + offset).to(norm.weight.device)] = 0
             if norm.bias is not None:
                 norm.bias[(index + offset).to(norm.bias.device)] = 0
-        if normed:
-            continue
         for member in group.members:
             if member.kind == "param":
                 param = model.get_parameter(member.path)
