@@ -118,20 +118,20 @@ def test_bad_options_name_what_is_allowed(spec, message):
 @pytest.mark.slow
 @pytest.mark.usefixtures("local_ray")
 def test_slimming_prunes_a_tiny_densenet_on_digits_fine_tuned_and_from_scratch(tmp_path):
-    spec = "densenet_cifar:depth=10,growth=4"
+    spec = "densenet_cifar:depth=10,growth=8"
     config = {
         "name": "densenet-slimming",
         "kind": "compare",
         "model": spec,
-        "data": {"name": "digits", "resolution": 16, "fraction": 0.3},
-        "train": {"epochs": 2, "batch_size": 64, "lr": 0.05, "schedule": "multistep", "milestones": [1]},
+        "data": {"name": "digits", "resolution": 16},
+        "train": {"epochs": 4, "batch_size": 32, "lr": 0.1, "schedule": "multistep", "milestones": [3]},
         "methods": [
             {
                 "name": "slimming",
-                "lam": 0.001,
+                "lam": 0.0001,
                 "ratio": 0.4,
-                "sparsity_epochs": 2,
-                "retrain": {"mode": {"grid": ["finetune", "scratch-e"]}, "finetune_epochs": 1},
+                "sparsity_epochs": 4,
+                "retrain": {"mode": {"grid": ["finetune", "scratch-e"]}, "finetune_epochs": 2},
             }
         ],
         "storage": str(tmp_path),

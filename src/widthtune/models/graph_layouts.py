@@ -231,17 +231,17 @@ class _Walk:
             for output in range(len(node.grad_fn._input_metadata)):
                 self.set(node, output, None)
             return
-        if isinstance(module, nn.Module) and module in self.paths:
-            self.last_layer[id(node)] = self.paths[module]
-            self.layer(node, module, self.paths[module], edges)
-            return
         try:
-            self.op(node, edges)
+            if isinstance(module, nn.Module) and module in self.paths:
+                self.last_layer[id(node)] = self.paths[module]
+                self.layer(node, module, self.paths[module], edges)
+            else:
+                self.op(node, edges)
         except UnsupportedModelError:
             raise
         except Exception as error:  # a case the rules below did not foresee: say where, not how
             raise UnsupportedModelError(
-                f"{self.where(node)}: cannot follow channels ({type(error).__name__}: {error})"
+                f"{self.where(node)}: cannot follow channels ({type(error).__name__}: {_first_line(error)})"
             ) from None
 
     # --- layers ----------------------------------------------------------------------------------------------
@@ -627,7 +627,18 @@ def trace_channels(model: nn.Module, example: torch.Tensor) -> Trace:
         except (RuntimeError, ValueError):
             copied = copy.deepcopy(model)
             graph = _TracedGraph()
-            graph.module2node = graph.trace(copied, batch, training=False)
+            try:
+                graph.module2node = graph.trace(copied, batch, training=False)
+            except Exception as error:  # Torch-Pruning's trace of a forward it cannot follow
+                raise UnsupportedModelError(
+                    f"its forward pass cannot be traced ({type(error).__name__}: {_first_line(error)})"
+                ) from None
     trace = Trace()
     _Walk(copied, graph.module2node, graph.layer_inputs, trace).run()
     return trace
+
+
+def _first_line(error: BaseException) -> str:
+    """An error's message on one line (the walk's errors are one line each)."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else ""
