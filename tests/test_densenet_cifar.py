@@ -149,4 +149,5 @@ def test_slimming_prunes_a_tiny_densenet_on_digits_fine_tuned_and_from_scratch(t
     assert by_mode["finetune"]["widths"] == by_mode["scratch-e"]["widths"]
     full = CostModel.from_spec(f"{spec},resolution=16").base().macs
     assert by_mode["finetune"]["macs"] < full
-    assert by_mode["finetune"]["final_test_acc"] > 0.3 and by_mode["scratch-e"]["final_test_acc"] > 0.3
+    accuracy = {mode: row["final_test_acc"] for mode, row in by_mode.items()}
+    assert min(accuracy.values()) > 0.3, accuracy
