@@ -45,6 +45,22 @@ def test_flops_json_reports_every_convention_and_the_groups(half_widths):
     assert {g["width"] for g in half["groups"]} == {8, 16, 32}
 
 
+@pytest.mark.parametrize(
+    ("spec", "macs", "params"),
+    [
+        ("densenet_cifar:depth=40,growth=12", 282_917_328, 1_059_298),
+        ("preresnet_cifar:depth=164", 247_646_720, 1_703_258),
+        ("torchvision:shufflenet_v2_x1_0,resolution=64", None, 2_278_604),
+    ],
+    ids=["densenet40", "preresnet164", "shufflenet"],
+)
+def test_flops_prices_concatenating_and_selecting_families(spec, macs, params):
+    result = widthtune("flops", spec, "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["params"] == params and (macs is None or data["macs"] == macs)
+
+
 def test_flops_table_output():
     result = widthtune("flops", "vgg_cifar:depth=11")
     assert result.returncode == 0 and "conv8" in result.stdout and "macs" in result.stdout

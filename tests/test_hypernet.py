@@ -133,3 +133,8 @@ def test_bad_shrink_and_embedding_size_are_errors():
         shrink(hypernet, {"stage1.stream": [0, 99]})
     with pytest.raises(HypernetError, match="embedding size"):
         reparameterize("resnet_cifar:depth=8", m=0)
+
+
+def test_a_concatenating_model_is_refused_naming_the_layer():
+    with pytest.raises(HypernetError, match=r"'dense1.1.bn1' holds several channel groups side by side"):
+        reparameterize("densenet_cifar:depth=10,growth=4,resolution=16", m=2, seed=0)

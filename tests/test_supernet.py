@@ -25,7 +25,9 @@ VGG = "vgg_cifar:depth=11,width=0.25,resolution=16"
 MOBILENET = "mobilenet_v2:width=0.25,resolution=16"
 RESNET = "resnet:layers=1-1-1-1,width=0.125,resolution=16,num_classes=10"
 TORCHVISION = "torchvision:mobilenet_v3_small,width_mult=0.25,resolution=16,num_classes=10"
-FAMILY_SPECS = [RESNET_A, RESNET_C, VGG, MOBILENET, RESNET, TORCHVISION]
+DENSENET = "densenet_cifar:depth=10,growth=4,resolution=16"
+PRERESNET = "preresnet_cifar:depth=11,width=0.5,select=false,resolution=16"
+FAMILY_SPECS = [RESNET_A, RESNET_C, VGG, MOBILENET, RESNET, TORCHVISION, DENSENET, PRERESNET]
 TINY_SOURCE = """
 from torch import nn
 
@@ -131,7 +133,7 @@ def test_extract_loads_strictly_and_gives_the_supernets_logits(spec, pattern, sh
         torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6, msg=f"{spec} {pattern} {label}")
 
 
-@pytest.mark.parametrize("spec", [RESNET_C, VGG, MOBILENET, RESNET, TORCHVISION])
+@pytest.mark.parametrize("spec", [RESNET_C, VGG, MOBILENET, RESNET, TORCHVISION, DENSENET, PRERESNET])
 def test_a_subnetwork_is_the_supernet_with_its_other_channels_masked(spec, shared):
     # the shared weights are sliced at exactly the chosen channels: zeroing every other channel's BN
     # affines in the full model gives the same logits (not for option A, whose smaller model re-pads)
@@ -355,3 +357,8 @@ def test_a_space_that_misses_a_member_is_refused_when_the_supernet_is_built(monk
     monkeypatch.setitem(FAMILIES, "pooled", pooled_family(members=(Member("0"), Member("1"))))
     with pytest.raises(SupernetError, match=r"cannot slice 4\.weight: \(10, 18\) cut from the supernet"):
         Supernet("pooled", {"conv": 18})
+
+
+def test_channel_selections_are_refused_with_what_to_set():
+    with pytest.raises(SupernetError, match=r"'layer1.0.select' is a channel selection.*select=false"):
+        Supernet("preresnet_cifar:depth=11,width=0.5,resolution=16")

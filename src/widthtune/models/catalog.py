@@ -58,6 +58,36 @@ VGG_CIFAR = _entry(
         "min_width": 1,
     },
 )
+DENSENET_CIFAR = _entry(
+    "densenet_cifar",
+    "CIFAR DenseNet, depth 3n+4 (6n+4 with bottleneck): DenseNet-40 k=12, DenseNet-BC-100 (Network Slimming)",
+    {
+        "depth": 40,
+        "growth": 12,
+        "bottleneck": False,
+        "compression": 1.0,
+        "width": 1.0,
+        "num_classes": 10,
+        "resolution": 32,
+        "in_channels": 3,
+        "divisor": 1,
+        "min_width": 1,
+    },
+)
+PRERESNET_CIFAR = _entry(
+    "preresnet_cifar",
+    "CIFAR pre-activation bottleneck ResNet, depth 9n+2 (PreResNet-164), with Network Slimming's channel selections",
+    {
+        "depth": 164,
+        "width": 1.0,
+        "select": True,
+        "num_classes": 10,
+        "resolution": 32,
+        "in_channels": 3,
+        "divisor": 1,
+        "min_width": 1,
+    },
+)
 MOBILENET_V2 = _entry(
     "mobilenet_v2",
     "MobileNetV2 with stem=cifar (stride 1) or stem=imagenet",
@@ -116,6 +146,15 @@ PYTHON = _entry(
 CATALOG: Mapping[str, FamilyEntry] = MappingProxyType(
     {
         entry.name: entry
-        for entry in (RESNET_CIFAR, VGG_CIFAR, MOBILENET_V2, RESNET, REPVGG, TORCHVISION, PYTHON)
+        for entry in (
+            RESNET_CIFAR,
+            VGG_CIFAR,
+            DENSENET_CIFAR,
+            MOBILENET_V2,
+            RESNET,
+            REPVGG,
+            TORCHVISION,
+            PYTHON,
+        )
     }
 )

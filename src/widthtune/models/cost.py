@@ -2,7 +2,8 @@
 
 Every conv and linear costs coef * w_out * w_in (depthwise: coef * w), every BN/ReLU output element is
 coef * w, and every parameter tensor is a product of group widths and constants -- so after one trace of
-the base model, the cost of any width vector is a dot product over a few hundred terms.
+the base model, the cost of any width vector is a dot product over a few hundred terms. A dimension that
+concatenates groups has the sum of their widths as its w, so its products expand into one term per pair.
 """
 
 from __future__ import annotations
@@ -88,62 +89,98 @@ class Cost:
 
 
 class _ChannelLabels(TorchFunctionMode):
-    """Tags tensors with the group of their channels and carries tags through shape-keeping ops (adds, ReLU)."""
+    """Tags tensors with their channels' parts; carries tags through shape-keeping ops and channel concats."""
 
-    def __init__(self) -> None:
+    def __init__(self, const: int) -> None:
         super().__init__()
-        self.labels: dict[int, int] = {}
+        self.const = const
+        self.labels: dict[int, tuple[Part, ...]] = {}
         self._alive: list[torch.Tensor] = []  # keeps ids unique for the trace's lifetime
 
-    def tag(self, tensor: torch.Tensor, group: int) -> None:
-        self.labels[id(tensor)] = group
+    def tag(self, tensor: torch.Tensor, parts: tuple[Part, ...]) -> None:
+        self.labels[id(tensor)] = parts
         self._alive.append(tensor)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
-        out = func(*args, **(kwargs or {}))
-        if isinstance(out, torch.Tensor) and id(out) not in self.labels:
-            for arg in args:
-                if isinstance(arg, torch.Tensor) and arg.shape == out.shape and id(arg) in self.labels:
-                    self.tag(out, self.labels[id(arg)])
-                    break
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if not isinstance(out, torch.Tensor) or id(out) in self.labels:
+            return out
+        if getattr(func, "__name__", "") in ("cat", "concat", "concatenate") and out.dim() > 1:
+            tensors = list(args[0] if args else kwargs["tensors"])
+            dim = (args[1] if len(args) > 1 else kwargs.get("dim", 0)) % out.dim()
+            if dim == 1 and any(id(t) in self.labels for t in tensors):
+                parts: list[Part] = []
+                for t in tensors:
+                    parts.extend(self.labels.get(id(t), ((self.const, t.shape[1]),)))
+                self.tag(out, tuple(parts))
+            return out
+        for arg in args:
+            if isinstance(arg, torch.Tensor) and arg.shape == out.shape and id(arg) in self.labels:
+                self.tag(out, self.labels[id(arg)])
+                break
         return out
+
+
+Part = tuple[int, int]  # (group index, or the constant's index; channels at the base)
+Form = list[tuple[int, float]]  # channels = sum of multiplier x w[index], with w[const] = 1
 
 
 @dataclass(frozen=True)
 class _ChannelSource:
-    """Where a layer's channel counts come from: a group's width (index, scale) or a fixed count (the constant)."""
+    """Where a layer's channel counts come from: its groups' widths side by side, or a fixed count."""
 
-    owners: dict[tuple[str, str], int]
+    layouts: dict[tuple[str, str], tuple[Part, ...]]
     base: tuple[int, ...]
 
     @classmethod
     def of(cls, space: ChannelSpace) -> _ChannelSource:
-        return cls(space.member_groups(), tuple(group.base for group in space))
+        const = len(space)
+        layouts = {
+            key: tuple((const if group is None else group, channels) for group, channels in parts)
+            for key, parts in space.layouts().items()
+        }
+        return cls(layouts, tuple(group.base for group in space))
 
     @property
     def const(self) -> int:
         return len(self.base)
 
-    def factor(self, path: str, kind: str, channels: int) -> tuple[int, float]:
-        """(index, multiplier): `channels` = multiplier x w[index], with w[const] = 1."""
-        group = self.owners.get((path, kind))
-        return (self.const, float(channels)) if group is None else (group, channels / self.base[group])
+    def parts(self, path: str, kind: str) -> tuple[Part, ...] | None:
+        """The (index, base channels) parts of a layer dimension; None when no group reaches it."""
+        return self.layouts.get((path, kind))
 
-    def weight(self, module: nn.Conv2d | nn.Linear, path: str) -> tuple[float, int, int]:
-        """A conv's or linear's weight size as coef * w[a] * w[b] (depthwise: linear in its one group)."""
+    def form(self, parts: tuple[Part, ...] | None, channels: int) -> Form:
+        """`channels` as a sum of group widths: each part scaled by channels / (the parts' base total)."""
+        if parts is None:
+            return [(self.const, float(channels))]
+        scale = channels / sum(count for _, count in parts)
+        return [
+            (index, scale * count) if index == self.const else (index, scale * count / self.base[index])
+            for index, count in parts
+        ]
+
+    def factor(self, path: str, kind: str, channels: int) -> Form:
+        """A layer dimension's `channels` as a sum of multiplier x w[index], with w[const] = 1."""
+        return self.form(self.parts(path, kind), channels)
+
+    def weight(self, module: nn.Conv2d | nn.Linear, path: str) -> list[tuple[float, int, int]]:
+        """A conv's or linear's weight size as a sum of coef * w[a] * w[b] (depthwise: linear in its groups)."""
         if isinstance(module, nn.Linear):
-            out, out_scale = self.factor(path, "out", module.out_features)
-            inp, in_scale = self.factor(path, "in", module.in_features)
-            return out_scale * in_scale, out, inp
+            outs = self.factor(path, "out", module.out_features)
+            ins = self.factor(path, "in", module.in_features)
+            return _product(outs, ins, 1.0)
         kernel = module.kernel_size[0] * module.kernel_size[1]
         if is_depthwise(module):
-            group, scale = self.factor(path, "out", module.out_channels)
-            if group == self.const:
-                group, scale = self.factor(path, "in", module.in_channels)
-            return kernel * scale, group, self.const
-        out, out_scale = self.factor(path, "out", module.out_channels)
-        inp, in_scale = self.factor(path, "in", module.in_channels)
-        return kernel * out_scale * in_scale / module.groups, out, inp
+            parts = self.parts(path, "out") or self.parts(path, "in")
+            return [(kernel * m, index, self.const) for index, m in self.form(parts, module.out_channels)]
+        outs = self.factor(path, "out", module.out_channels)
+        ins = self.factor(path, "in", module.in_channels)
+        return _product(outs, ins, kernel / module.groups)
+
+
+def _product(left: Form, right: Form, coef: float) -> list[tuple[float, int, int]]:
+    return [(coef * m * n, a, b) for a, m in left for b, n in right]
 
 
 @dataclass(frozen=True)
@@ -170,7 +207,7 @@ class CostModel:
         """Record each layer's spatial size in one forward pass of the base model and express its cost in groups."""
         channels = _ChannelSource.of(space)
         const = channels.const
-        labels = _ChannelLabels()
+        labels = _ChannelLabels(const)
         macs: list[tuple[float, int, int]] = []
         acts: list[tuple[float, int, int]] = []
         paths = {module: path for path, module in model.named_modules()}
@@ -180,23 +217,25 @@ class CostModel:
             batch = output.shape[0]
             if isinstance(module, nn.Conv2d | nn.Linear):
                 # MACs = weight size x output positions (spatial for convs, tokens for linears)
-                coef, a, b = channels.weight(module, path)
                 positions = output.numel() // (
                     batch * output.shape[1 if isinstance(module, nn.Conv2d) else -1]
                 )
-                macs.append((coef * positions, a, b))
+                macs.extend((coef * positions, a, b) for coef, a, b in channels.weight(module, path))
             elif isinstance(module, nn.modules.batchnorm._BatchNorm):
-                group, scale = channels.factor(path, "out", module.num_features)
-                acts.append((2 * output.numel() / batch * scale / module.num_features, group, const))
+                per_channel = 2 * output.numel() / batch / module.num_features
+                form = channels.factor(path, "out", module.num_features)
+                acts.extend((per_channel * m, index, const) for index, m in form)
             elif isinstance(module, nn.ReLU | nn.ReLU6):
-                group = labels.labels.get(id(inputs[0]))
-                if group is None:
+                parts = labels.labels.get(id(inputs[0]))
+                if parts is None:
                     acts.append((output.numel() / batch, const, const))
                 else:
-                    acts.append((output.numel() / batch / channels.base[group], group, const))
-            group = channels.owners.get((path, "out"))
-            if group is not None:
-                labels.tag(output, group)
+                    per_channel = output.numel() / batch / output.shape[1]
+                    form = channels.form(parts, output.shape[1])
+                    acts.extend((per_channel * m, index, const) for index, m in form)
+            parts = channels.parts(path, "out")
+            if parts is not None:
+                labels.tag(output, parts)
 
         watched = (nn.Conv2d, nn.Linear, nn.ReLU, nn.ReLU6, *NORMS)
         hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, watched)]
@@ -283,12 +322,12 @@ def _parameter_terms(model: nn.Module, space: ChannelSpace) -> list[tuple[float,
                 _, group = raw[0]
                 rows.append((param.numel() / channels.base[group], group, const))
             elif isinstance(module, nn.Conv2d | nn.Linear) and name == "weight":
-                rows.append(channels.weight(module, path))
+                rows.extend(channels.weight(module, path))
             elif isinstance(
                 module, (nn.Conv2d, nn.Linear, *NORMS)
             ):  # biases and norm affines follow the output
-                group, scale = channels.factor(path, "out", param.shape[0])
-                rows.append((scale, group, const))
+                form = channels.factor(path, "out", param.shape[0])
+                rows.extend((m, index, const) for index, m in form)
             else:
                 rows.append((float(param.numel()), const, const))
     return rows

@@ -1,141 +1,129 @@
-"""Channel groups of any traceable model, read from Torch-Pruning's dependency graph."""
+"""Channel groups of any traceable model, read from the channel layouts of Torch-Pruning's traced graph."""
 
 from __future__ import annotations
 
 import math
-import warnings
 
 import torch
-import torch_pruning as tp
 from torch import nn
 
-from widthtune.models.space import ChannelGroup, ChannelSpace, Member
-from widthtune.models.surgery import is_depthwise
+from widthtune.models.graph_layouts import MemberKey, Trace, trace_channels
+from widthtune.models.space import ChannelGroup, ChannelSpace, Concatenation, Member
+from widthtune.models.unknowns import Layout, Shuffled, Unknowns, UnsupportedModelError
 
-RESIZABLE = (nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
-
-
-class UnsupportedModelError(ValueError):
-    """The model couples channels in a way width vectors cannot express (concatenation, channel split)."""
-
-
-def _failed_node(error: BaseException) -> object | None:
-    """The graph node Torch-Pruning was mapping when its trace raised (the innermost frame that held one)."""
-    node, frame = None, error.__traceback__
-    while frame is not None:
-        local = frame.tb_frame.f_locals
-        found = local.get("reshape_node", local.get("node"))
-        if found is not None and hasattr(found, "module"):
-            node = found
-        frame = frame.tb_next
-    return node
-
-
-def _trace(model: nn.Module, example: torch.Tensor) -> tp.DependencyGraph:
-    """Torch-Pruning's graph of the model; a failure inside its trace is one line naming the op it stopped at."""
-    try:
-        return tp.DependencyGraph().build_dependency(model, example_inputs=example)
-    except Exception as error:  # Torch-Pruning's own failure on a graph it cannot map
-        node = _failed_node(error)
-        op = type(getattr(node, "module", None)).__name__ if node is not None else ""
-        where = f" at {getattr(node, 'name', op)}" if node is not None else ""
-        why = (
-            "a reshape that mixes channels across groups (a channel shuffle) cannot be expressed as widths"
-            if "Reshape" in op
-            else "the channel dependency graph cannot be built for this model"
-        )
-        raise UnsupportedModelError(
-            f"channel tracing stopped{where} ({type(error).__name__}: {error}): {why}"
-        ) from None
-
-
-def _classifier(model: nn.Module, example: torch.Tensor) -> nn.Module:
-    """The last conv or linear run in forward: its output channels are the classes, never a group."""
-    order: list[nn.Module] = []
-    hooks = [
-        m.register_forward_hook(lambda mod, i, o: order.append(mod))
-        for m in model.modules()
-        if isinstance(m, nn.Conv2d | nn.Linear)
-    ]
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    if not order:
-        raise UnsupportedModelError("the model runs no Conv2d or Linear layer, so it has no channel groups")
-    return order[-1]
+__all__ = ["UnsupportedModelError", "dependency_space"]
 
 
 def dependency_space(
     model: nn.Module, example: torch.Tensor, *, min_width: int = 1, divisor: int = 1
 ) -> ChannelSpace:
-    """One group per set of coupled channels, named after the first layer (in module order) that writes it."""
-    model.eval()
-    classifier = _classifier(model, example)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        graph = _trace(model, example)
-        raw_groups = graph.get_all_groups(
-            ignored_layers=[classifier], root_module_types=[nn.Conv2d, nn.Linear]
-        )
-    module_names = {module: name for name, module in model.named_modules()}
-    param_names = {id(p): name for name, p in model.named_parameters()}
-    order = {name: i for i, name in enumerate(module_names.values())}
-    groups = []
-    for raw in raw_groups:
-        members: list[Member] = []
-        group_divisor = divisor
-        for dep, _ in raw:
-            target = dep.target.module
-            handler = getattr(dep.handler, "__name__", "")
-            kind = "in" if "in_channels" in handler else "out"
-            if isinstance(target, nn.Parameter):
-                members.append(Member(param_names[id(target)], "param", _param_dim(target, len(raw[0][1]))))
-            elif isinstance(target, RESIZABLE):
-                if isinstance(target, nn.Conv2d) and target.groups > 1 and not is_depthwise(target):
-                    group_divisor = math.lcm(group_divisor, target.groups)
-                if isinstance(target, nn.GroupNorm):
-                    group_divisor = math.lcm(group_divisor, target.num_groups)
-                member = Member(module_names[target], kind)
-                if member not in members:
-                    members.append(member)
-            elif type(target).__name__ in ("_ConcatOp", "_SplitOp", "_UnbindOp"):
-                raise UnsupportedModelError(
-                    "the model concatenates or splits channels; width vectors support residual adds, "
-                    "depthwise and grouped convs, but not channel concatenation or splits"
-                )
-        writers = [
-            m
-            for m in members
-            if m.kind == "out" and isinstance(model.get_submodule(m.path), nn.Conv2d | nn.Linear)
-        ]
-        if not writers:
+    """One group per width unknown a conv or linear writes, named after the first layer that writes it alone.
+
+    A dimension holding one group whole is a member of it; one holding several side by side (a
+    concatenation's consumer, a chunk's tied pieces, shuffled channels) is a `Concatenation`.
+    """
+    trace = trace_channels(model, example)
+    unknowns = trace.unknowns
+    modules = dict(model.named_modules())
+    order = {path: i for i, path in enumerate(modules)}
+    _check_parameters(trace, unknowns)
+    divisors = _divisors(trace, unknowns, divisor)
+    flat = {key: _flatten(unknowns, layout) for key, layout in trace.members.items()}
+    writers: dict[int, list[MemberKey]] = {}
+    for key, (parts, _) in flat.items():
+        if key[1] == "out" and isinstance(modules.get(key[0]), nn.Conv2d | nn.Linear):
+            for var in dict.fromkeys(p for p in parts if not unknowns.is_fixed(p)):
+                writers.setdefault(var, []).append(key)
+    names: dict[int, tuple[int, str]] = {}
+    for var, keys in writers.items():
+        keys.sort(key=lambda k: order[k[0]])
+        whole = [k for k in keys if flat[k] == ((var,), False)]
+        if whole:
+            names[var] = (order[whole[0][0]], whole[0][0])
+        else:
+            path = keys[0][0]
+            distinct = list(dict.fromkeys(p for p in flat[keys[0]][0] if not unknowns.is_fixed(p)))
+            names[var] = (order[path], path if len(distinct) == 1 else f"{path}[{distinct.index(var)}]")
+    ranked = sorted(names, key=lambda var: names[var])
+    members: dict[int, list[Member]] = {var: [] for var in ranked}
+    concats: list[Concatenation] = []
+    for key, (parts, shuffled) in flat.items():  # in the order the trace first met them
+        path, kind, dim = key
+        if len(parts) == 1 and not shuffled and parts[0] in members:
+            members[parts[0]].append(Member(path, kind, dim))  # type: ignore[arg-type]
             continue
-        writers.sort(key=lambda m: order[m.path])
-        base = len(raw[0][1])
-        role = "stream" if len(writers) > 1 else "conv"
+        if not any(p in members for p in parts):
+            continue  # every channel here stays as the model has it
+        concats.append(
+            Concatenation(path, kind, _named_parts(parts, unknowns, names), dim=dim, shuffled=shuffled)  # type: ignore[arg-type]
+        )
+    groups = []
+    for var in ranked:
+        group_divisor = divisors.get(var, divisor)
         groups.append(
-            (
-                order[writers[0].path],
-                ChannelGroup(
-                    writers[0].path,
-                    base,
-                    tuple(members),
-                    min=max(min_width, group_divisor),
-                    divisor=group_divisor,
-                    role=role,
-                ),
+            ChannelGroup(
+                names[var][1],
+                unknowns.base(var),
+                tuple(members[var]),
+                min=max(min_width, group_divisor),
+                divisor=group_divisor,
+                role="stream" if len(writers[var]) > 1 else "conv",
             )
         )
-    groups.sort(key=lambda item: item[0])
-    return ChannelSpace(tuple(group for _, group in groups))
+    return ChannelSpace(tuple(groups), tuple(concats))
 
 
-def _param_dim(param: nn.Parameter, width: int) -> int:
-    """The channel dimension of a raw parameter (e.g. ConvNeXt's layer scale): the first of that size."""
-    for dim, size in enumerate(param.shape):
-        if size == width:
-            return dim
-    raise UnsupportedModelError(f"a parameter of shape {tuple(param.shape)} is coupled to {width} channels")
+def _flatten(unknowns: Unknowns, layout: Layout) -> tuple[tuple[int, ...], bool]:
+    """A layout's unknowns in channel order, and whether a shuffle permuted any of them."""
+    parts = unknowns.expand(layout)
+    return tuple(unknowns.leaves(parts)), any(isinstance(p, Shuffled) for p in parts)
+
+
+def _named_parts(parts: tuple[int, ...], unknowns: Unknowns, names: dict[int, tuple[int, str]]) -> tuple:
+    """Group names in order, runs of channels no group owns merged into one count."""
+    named: list[str | int] = []
+    for var in parts:
+        if var in names:
+            named.append(names[var][1])
+        elif named and isinstance(named[-1], int):
+            named[-1] += unknowns.base(var)
+        else:
+            named.append(unknowns.base(var))
+    return tuple(named)
+
+
+def _check_parameters(trace: Trace, unknowns: Unknowns) -> None:
+    for (path, kind, _), layout in trace.members.items():
+        if kind == "param":
+            free = [v for v in unknowns.leaves(layout) if not unknowns.is_fixed(v)]
+            if len(list(unknowns.leaves(layout))) > 1 and free:
+                raise UnsupportedModelError(
+                    f"parameter {path!r}: spans several channel groups side by side; only whole groups "
+                    "can resize a raw parameter"
+                )
+
+
+def _divisors(trace: Trace, unknowns: Unknowns, divisor: int) -> dict[int, int]:
+    """Each free unknown's divisor: grouped convs, group norms and channel shuffles need whole groups.
+
+    A layout of total sum(count_v * w_v) splits into g equal groups for every width when each w_v is a
+    multiple of g / gcd(g, count_v); channels no group owns must then split evenly on their own, else they
+    are pinned with the rest.
+    """
+    divisors: dict[int, int] = {}
+    changed = True
+    while changed:
+        changed = False
+        for layout, groups in trace.divisible:
+            counts, pinned = unknowns.counts(layout)
+            if not counts:
+                continue
+            if pinned % groups:
+                unknowns.fix(layout)
+                changed = True
+                break
+            for var, count in counts.items():
+                need = math.lcm(divisors.get(var, divisor), groups // math.gcd(groups, count))
+                if need != divisors.get(var, divisor):
+                    divisors[var] = need
+    return divisors

@@ -172,6 +172,12 @@ class Hypernet:
 def _layers(model: nn.Module, space: ChannelSpace, widths: Widths) -> tuple[tuple[HyperLayer, ...], dict]:
     """Read every conv/linear's latent sources and every BN's masking group off the channel space."""
     owners = {key: space.groups[i].name for key, i in space.member_groups().items()}
+    if space.concats:
+        concat = space.concats[0]
+        raise HypernetError(
+            f"{concat.path!r} holds several channel groups side by side (a concatenation); the hypernetwork "
+            "generates layers whose every dimension is one group"
+        )
     for group in space:
         for member in group.members:
             if member.kind == "param":

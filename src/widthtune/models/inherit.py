@@ -14,6 +14,9 @@ the sliced model then computes what the masked model computes (up to float summa
 - residual streams with identity or projection (option C) shortcuts: the stream is one group, so the pruned
   channel is zeroed in *every* BN that writes into it (stem, each block's last BN, projection BN); identity
   adds and ReLUs keep zero at zero, so the channel is zero along the whole stage;
+- concatenations (DenseNet, Inception): a consumer of `torch.cat` holds several groups side by side, so
+  its input slice for each group is that group's kept channels shifted by the group's base offset; a
+  pruned channel is zeroed in every norm that sees it, each concatenated consumer's slice included;
 - zero-pad shortcuts (option A) have no parameters to mask: they route input channel i of one stream to
   channel i + (b - a) // 2 of the next by position, and the smaller model re-centres its own padding. So the
   two agree only when the kept indices of the two streams line up under both routings (see
@@ -30,6 +33,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from widthtune.models.preresnet_cifar import ChannelSelection
 from widthtune.models.resnet_cifar import PadShortcut
 from widthtune.models.space import ChannelGroup, ChannelSpace
 from widthtune.models.surgery import is_depthwise
@@ -118,9 +122,15 @@ def pad_shortcuts(model: nn.Module, space: ChannelSpace) -> list[tuple[str, Chan
     ]
 
 
+def shuffled_groups(space: ChannelSpace) -> frozenset[str]:
+    """Groups whose channels pass a channel shuffle, which routes them by position."""
+    return frozenset(p for c in space.concats if c.shuffled for p in c.parts if isinstance(p, str))
+
+
 def pad_linked_groups(model: nn.Module, space: ChannelSpace) -> frozenset[str]:
-    """Groups a zero-pad shortcut routes by position: pruning methods keep them whole."""
-    return frozenset(g.name for _, a, b in pad_shortcuts(model, space) for g in (a, b))
+    """Groups a zero-pad shortcut or a channel shuffle routes by position: pruning methods keep them whole."""
+    padded = {g.name for _, a, b in pad_shortcuts(model, space) for g in (a, b)}
+    return frozenset(padded | shuffled_groups(space))
 
 
 def _pad_target(channel: int, width_in: int, width_out: int) -> int | None:
@@ -148,12 +158,33 @@ def check_pad_shortcuts(model: nn.Module, space: ChannelSpace, kept: KeptIndices
                 )
 
 
+Part = tuple[str | None, int]  # (group name, or None for channels no group owns; the base channel count)
+
+
 @dataclass(frozen=True)
 class Slice:
-    """One dim of one state-dict entry that a channel group slices, `factor` entries per channel."""
+    """One dim of one state-dict entry: the groups it holds side by side, `factor` entries per channel.
 
-    group: str
+    A plain member holds one group; a concatenation's consumer holds several in order (and may hold runs
+    of channels no group owns, which are kept whole).
+    """
+
+    parts: tuple[Part, ...]
     factor: int = 1  # a linear reading a flattened C x H x W input holds H*W entries per channel
+
+    @property
+    def group(self) -> str | None:
+        """The one group this dim holds whole, or None for a concatenation."""
+        return self.parts[0][0] if len(self.parts) == 1 else None
+
+    def index(self, kept: Mapping[str, Tensor | Sequence[int]], device: torch.device | None = None) -> Tensor:
+        """The kept entry indices: each group's kept channels at its offset, expanded by `factor`."""
+        pieces, offset = [], 0
+        for name, count in self.parts:
+            channels = torch.arange(count) if name is None else torch.as_tensor(kept[name], dtype=torch.long)
+            pieces.append(channels.to(device) + offset)
+            offset += count
+        return expand_index(torch.cat(pieces) if len(pieces) > 1 else pieces[0], self.factor)
 
 
 def expand_index(index: Tensor, factor: int) -> Tensor:
@@ -164,71 +195,104 @@ def expand_index(index: Tensor, factor: int) -> Tensor:
 
 
 class _SlicePlan:
-    """Which group slices which dim of which state-dict entry, checked for size and conflicts."""
+    """Which parts slice which dim of which state-dict entry, checked for size and conflicts."""
 
     def __init__(self, state: Mapping[str, Tensor]) -> None:
         self.state = state
         self.slices: dict[str, dict[int, Slice]] = {}
 
-    def cut(self, key: str, dim: int, group: ChannelGroup, factor: int = 1) -> None:
+    def cut(self, key: str, dim: int, entry: Slice, owner: str) -> None:
         if key not in self.state:
             return  # e.g. a conv without bias
-        actual, size = self.state[key].shape[dim], group.base * factor
+        actual, size = self.state[key].shape[dim], sum(count for _, count in entry.parts) * entry.factor
         if actual != size:
             raise ValueError(
-                f"{key} has {actual} channels along dim {dim} but group {group.name} expects {size}: "
+                f"{key} has {actual} channels along dim {dim} but {owner} expects {size}: "
                 "inherit from a model at the space's base widths"
             )
-        entry = Slice(group.name, factor)
         previous = self.slices.setdefault(key, {}).setdefault(dim, entry)
         if previous != entry:
-            raise ValueError(f"{key}: two channel groups slice dim {dim} ({previous.group}, {group.name})")
+            raise ValueError(f"{key}: two channel groups slice dim {dim} differently ({owner})")
 
 
-def _plan_member(plan: _SlicePlan, module: nn.Module, path: str, kind: str, group: ChannelGroup) -> None:
+def _plan_member(plan: _SlicePlan, module: nn.Module, path: str, kind: str, parts: tuple[Part, ...]) -> None:
+    """Plan the cuts of one layer dimension that holds `parts`."""
+    owner = f"group {parts[0][0]}" if len(parts) == 1 else f"the concatenation at {path}"
+    entry = Slice(parts)
     if isinstance(module, nn.Conv2d):
         if is_depthwise(module) or kind == "out":
             if module.groups > 1 and not is_depthwise(module):
                 raise ValueError(f"{path}: grouped convs cannot inherit a channel subset")
-            plan.cut(f"{path}.weight", 0, group)
-            plan.cut(f"{path}.bias", 0, group)
+            plan.cut(f"{path}.weight", 0, entry, owner)
+            plan.cut(f"{path}.bias", 0, entry, owner)
         else:
             if module.groups > 1:
                 raise ValueError(f"{path}: grouped convs cannot inherit a channel subset")
-            plan.cut(f"{path}.weight", 1, group)
+            plan.cut(f"{path}.weight", 1, entry, owner)
     elif isinstance(module, nn.Linear):
         if kind == "out":
-            plan.cut(f"{path}.weight", 0, group)
-            plan.cut(f"{path}.bias", 0, group)
+            plan.cut(f"{path}.weight", 0, entry, owner)
+            plan.cut(f"{path}.bias", 0, entry, owner)
         else:  # a flatten lays each channel's k values side by side: channel c owns [c*k, (c+1)*k)
-            factor, rest = divmod(module.in_features, group.base)
+            size = sum(count for _, count in parts)
+            factor, rest = divmod(module.in_features, size)
             if rest:
-                raise ValueError(f"{path}: {module.in_features} inputs are not a multiple of {group.base}")
-            plan.cut(f"{path}.weight", 1, group, factor)
+                raise ValueError(f"{path}: {module.in_features} inputs are not a multiple of {size}")
+            plan.cut(f"{path}.weight", 1, Slice(parts, factor), owner)
+    elif isinstance(module, ChannelSelection):
+        if kind == "out":  # which of the channels it reads it passes on: cut like any output dim
+            plan.cut(f"{path}.indexes", 0, entry, owner)
     elif isinstance(module, NORMS):
         if isinstance(module, nn.LayerNorm) and len(module.normalized_shape) != 1:
             raise ValueError(f"{path}: only a LayerNorm over channels alone can be sliced")
         for key in BN_KEYS:
-            plan.cut(f"{path}.{key}", 0, group)
+            plan.cut(f"{path}.{key}", 0, entry, owner)
     else:
         raise ValueError(f"cannot slice {path!r}: it is {type(module).__name__}, not a conv, linear or norm")
 
 
 def channel_slices(model: nn.Module, space: ChannelSpace) -> dict[str, dict[int, Slice]]:
-    """Per state-dict key of `model` (at the space's base widths), which group slices each of its dims.
+    """Per state-dict key of `model` (at the space's base widths), which groups slice each of its dims.
 
     Every member of every group is cut -- conv outputs and inputs, depthwise convs, norm affines and running
-    statistics, linear inputs after a flatten, raw parameters; keys no group touches are absent.
+    statistics, linear inputs after a flatten, raw parameters -- and every concatenated consumer by its
+    parts; keys no group touches are absent.
     """
     modules = dict(model.named_modules())
     plan = _SlicePlan(model.state_dict())
     for group in space:
         for member in group.members:
             if member.kind == "param":
-                plan.cut(member.path, member.dim, group)
-            else:
-                _plan_member(plan, _module(modules, member.path), member.path, member.kind, group)
+                plan.cut(member.path, member.dim, Slice(((group.name, group.base),)), f"group {group.name}")
+    for (path, kind), parts in space.layouts().items():
+        if kind != "param":
+            named = tuple((None if g is None else space.groups[g].name, count) for g, count in parts)
+            _plan_member(plan, _module(modules, path), path, kind, named)
     return plan.slices
+
+
+def _slices(space: ChannelSpace) -> dict[str, list[tuple[str, str, int]]]:
+    """Per group, every layer dimension holding it and the base offset it starts at (a concat holds many)."""
+    slices: dict[str, list[tuple[str, str, int]]] = {group.name: [] for group in space}
+    for (path, kind), parts in space.layouts().items():
+        if kind == "param":
+            continue
+        offset = 0
+        for group, count in parts:
+            if group is not None:
+                slices[space.groups[group].name].append((path, kind, offset))
+            offset += count
+    return slices
+
+
+def _check_shuffles(space: ChannelSpace, full: Mapping[str, tuple[int, ...]]) -> None:
+    """A channel shuffle permutes channels by position, so no pruned group may pass one."""
+    for name in sorted(shuffled_groups(space)):
+        if len(full[name]) < space[name].base:
+            raise ValueError(
+                f"kept.{name}: its channels pass a channel shuffle, which routes them by position; keep "
+                "this group whole (prune the groups no shuffle reaches)"
+            )
 
 
 def channel_cuts(model: nn.Module, space: ChannelSpace, kept: KeptIndices) -> dict[str, dict[int, Tensor]]:
@@ -239,58 +303,83 @@ def channel_cuts(model: nn.Module, space: ChannelSpace, kept: KeptIndices) -> di
     """
     full = complete_kept(space, kept)
     kept_widths(space, full)  # minimums and divisors hold
-    indices = {name: torch.tensor(full[name], dtype=torch.long) for name in space.names}
     return {
-        key: {dim: expand_index(indices[cut.group], cut.factor) for dim, cut in dims.items()}
+        key: {dim: entry.index(full) for dim, entry in dims.items()}
         for key, dims in channel_slices(model, space).items()
     }
 
 
 def inherit_weights(model: nn.Module, space: ChannelSpace, kept: KeptIndices) -> dict[str, Tensor]:
-    """State dict (CPU copies) for the model at `kept_widths(space, kept)`, cut from `model` at base widths."""
+    """State dict (CPU copies) for the model at `kept_widths(space, kept)`, cut from `model` at base widths.
+
+    A concatenation's consumer keeps, for each group it holds, that group's kept channels at the group's
+    offset, so every input slice follows its group.
+    """
     cuts = channel_cuts(model, space, kept)
-    check_pad_shortcuts(model, space, kept)
+    full = complete_kept(space, kept)
+    check_pad_shortcuts(model, space, full)
+    _check_shuffles(space, full)
     inherited: dict[str, Tensor] = {}
     for key, tensor in model.state_dict().items():
         value = tensor.detach()
         for dim, index in cuts.get(key, {}).items():
             value = value.index_select(dim, index.to(value.device))
         inherited[key] = value.to("cpu", copy=True)
+    for path, reads in _selection_inputs(model, space).items():
+        inherited[f"{path}.indexes"] = _renumber(inherited[f"{path}.indexes"], full[reads], path)
     return inherited
+
+
+def _selection_inputs(model: nn.Module, space: ChannelSpace) -> dict[str, str]:
+    """Each channel selection's path -> the group it selects from."""
+    selections = {path for path, m in model.named_modules() if isinstance(m, ChannelSelection)}
+    return {m.path: g.name for g in space for m in g.members if m.kind == "in" and m.path in selections}
+
+
+def _renumber(selected: Tensor, kept: Sequence[int], path: str) -> Tensor:
+    """A selection's channels (base indices of what it reads) as positions among the kept ones it reads."""
+    position = {channel: i for i, channel in enumerate(kept)}
+    missing = [int(c) for c in selected.tolist() if int(c) not in position]
+    if missing:
+        raise ValueError(
+            f"{path}: selects channels {missing[:5]} of a group that does not keep them; keep them in both"
+        )
+    return torch.tensor([position[int(c)] for c in selected.tolist()], dtype=torch.long)
 
 
 @torch.no_grad()
 def mask_channels(model: nn.Module, space: ChannelSpace, kept: KeptIndices) -> nn.Module:
-    """Zero pruned channels in place (norm gamma and beta; a group without norms: its writers' rows)."""
+    """Zero pruned channels in place: norm gamma and beta wherever the group is normed (each concatenated
+    consumer's slice too), and its writers' rows, so a channel is zero also where no norm follows its
+    writer (a pre-activation stream that a projection reads raw)."""
     full = complete_kept(space, kept)
     modules = dict(model.named_modules())
+    slices = _slices(space)
     for group in space:
         pruned = sorted(set(range(group.base)) - set(full[group.name]))
         if not pruned:
             continue
         index = torch.tensor(pruned, dtype=torch.long)
-        norms = [
-            _module(modules, m.path)
-            for m in group.members
-            if m.kind != "param" and isinstance(modules.get(m.path), NORMS)
+        normed = [
+            (_module(modules, path), offset)
+            for path, _, offset in slices[group.name]
+            if isinstance(modules.get(path), NORMS)
         ]
-        for norm in norms:
+        for norm, offset in normed:
             if norm.weight is None:
                 raise ValueError(f"group {group.name}: a norm without affine parameters cannot be masked")
-            norm.weight[index.to(norm.weight.device)] = 0
+            norm.weight[(index + offset).to(norm.weight.device)] = 0
             if norm.bias is not None:
-                norm.bias[index.to(norm.bias.device)] = 0
-        if norms:
-            continue
+                norm.bias[(index + offset).to(norm.bias.device)] = 0
         for member in group.members:
             if member.kind == "param":
                 param = model.get_parameter(member.path)
                 param.index_fill_(member.dim, index.to(param.device), 0)
-                continue
-            module = _module(modules, member.path)
-            writes = member.kind == "out" or (isinstance(module, nn.Conv2d) and is_depthwise(module))
+        for path, kind, offset in slices[group.name]:
+            module = _module(modules, path)
+            writes = kind == "out" or (isinstance(module, nn.Conv2d) and is_depthwise(module))
             if writes and isinstance(module, nn.Conv2d | nn.Linear):
-                module.weight[index.to(module.weight.device)] = 0
+                module.weight[(index + offset).to(module.weight.device)] = 0
                 if module.bias is not None:
-                    module.bias[index.to(module.bias.device)] = 0
+                    module.bias[(index + offset).to(module.bias.device)] = 0
     return model

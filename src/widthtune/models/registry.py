@@ -15,10 +15,20 @@ from typing import Any
 import torch
 from torch import nn
 
-from widthtune.models import mobilenet_v2, repvgg, resnet, resnet_cifar, vgg_cifar
+from widthtune.models import (
+    densenet_cifar,
+    mobilenet_v2,
+    preresnet_cifar,
+    repvgg,
+    resnet,
+    resnet_cifar,
+    vgg_cifar,
+)
 from widthtune.models.catalog import (
+    DENSENET_CIFAR,
     INPUT_OPTIONS,
     MOBILENET_V2,
+    PRERESNET_CIFAR,
     PYTHON,
     REPVGG,
     RESNET,
@@ -212,6 +222,8 @@ FAMILIES: dict[str, Family] = {
     for family in (
         Family(RESNET_CIFAR, resnet_cifar.channel_space, resnet_cifar.build),
         Family(VGG_CIFAR, vgg_cifar.channel_space, vgg_cifar.build),
+        Family(DENSENET_CIFAR, densenet_cifar.channel_space, densenet_cifar.build),
+        Family(PRERESNET_CIFAR, preresnet_cifar.channel_space, preresnet_cifar.build),
         Family(MOBILENET_V2, mobilenet_v2.channel_space, mobilenet_v2.build),
         Family(RESNET, resnet.channel_space, resnet.build),
         Family(REPVGG, repvgg.channel_space, repvgg.build, deploy=repvgg.reparameterize),

@@ -37,16 +37,40 @@ class ChannelGroup:
 
 
 @dataclass(frozen=True)
+class Concatenation:
+    """A module dimension that holds several groups side by side, e.g. the consumer of a `torch.cat`.
+
+    `parts` lists, in channel order, group names and (as integers) runs of channels no group owns; a name
+    may repeat (the tied pieces of a chunk). Its width is the parts' sum; each part keeps its offset.
+    `shuffled` marks channels a channel shuffle has permuted: widths follow, individual channels do not.
+    """
+
+    path: str
+    kind: MemberKind
+    parts: tuple[str | int, ...]
+    dim: int = 0
+    shuffled: bool = False
+
+
+Part = tuple[int | None, int]  # (group index, or None for channels no group owns; their count at the base)
+
+
+@dataclass(frozen=True)
 class ChannelSpace:
     """The ordered channel groups of one model: what every width vector is indexed by."""
 
     groups: tuple[ChannelGroup, ...]
+    concats: tuple[Concatenation, ...] = ()
     _index: dict[str, int] = field(init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         index = {group.name: i for i, group in enumerate(self.groups)}
         if len(index) != len(self.groups):
             raise ValueError("channel group names must be unique")
+        for concat in self.concats:
+            unknown = [p for p in concat.parts if isinstance(p, str) and p not in index]
+            if unknown:
+                raise ValueError(f"concatenation at {concat.path!r} names unknown groups {unknown}")
         object.__setattr__(self, "_index", index)
 
     @property
@@ -73,8 +97,19 @@ class ChannelSpace:
         except KeyError:
             raise KeyError(f"no channel group {name!r}; groups are: {', '.join(self.names)}") from None
 
+    def layouts(self) -> dict[tuple[str, str], tuple[Part, ...]]:
+        """(module path, kind) -> its channels as parts, for whole members and concatenations alike."""
+        layouts: dict[tuple[str, str], tuple[Part, ...]] = {
+            key: ((group, self.groups[group].base),) for key, group in self.member_groups().items()
+        }
+        for concat in self.concats:
+            layouts[(concat.path, concat.kind)] = tuple(
+                (self._index[p], self[p].base) if isinstance(p, str) else (None, p) for p in concat.parts
+            )
+        return layouts
+
     def member_groups(self) -> dict[tuple[str, str], int]:
-        """(module path, kind) -> group index, for modules whose channels belong to a group."""
+        """(module path, kind) -> group index, for modules whose channels all belong to one group."""
         owners: dict[tuple[str, str], int] = {}
         for i, group in enumerate(self.groups):
             for member in group.members:

@@ -46,6 +46,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from widthtune.models.inherit import channel_slices, complete_kept, expand_index, pad_shortcuts
+from widthtune.models.preresnet_cifar import ChannelSelection
 from widthtune.models.registry import canonical_spec, channel_space, materialize
 from widthtune.models.space import ChannelSpace
 from widthtune.models.spec import ModelSpec
@@ -153,49 +154,52 @@ class _Frame:
     def __init__(self, model: nn.Module, space: ChannelSpace) -> None:
         self.model = model
         modules = dict(model.named_modules())
-        slots: dict[
-            tuple[str, str], tuple[int, int, bool]
-        ] = {}  # (path, attribute) -> (group, factor, tuple)
+        # (path, attribute) -> (parts, factor, tuple): the attribute is factor x the parts' widths summed,
+        # a part being a group index or (as a negative number) a fixed channel count
+        slots: dict[tuple[str, str], tuple[tuple[int, ...], int, bool]] = {}
 
-        def assign(path: str, attribute: str, group: int, factor: int = 1, as_tuple: bool = False) -> None:
-            previous = slots.setdefault((path, attribute), (group, factor, as_tuple))
-            if previous != (group, factor, as_tuple):
+        def assign(
+            path: str, attribute: str, parts: tuple[int, ...], factor: int = 1, as_tuple: bool = False
+        ) -> None:
+            previous = slots.setdefault((path, attribute), (parts, factor, as_tuple))
+            if previous != (parts, factor, as_tuple):
                 raise _FrameUnsupported(f"{path}.{attribute} follows two channel groups")
 
-        for index, group in enumerate(space):
-            for member in group.members:
-                if member.kind == "param":
-                    continue
-                module = modules.get(member.path)
-                if isinstance(module, nn.Conv2d):
-                    if is_depthwise(module):
-                        for attribute in ("groups", "in_channels", "out_channels"):
-                            assign(member.path, attribute, index)
-                    else:
-                        assign(member.path, "out_channels" if member.kind == "out" else "in_channels", index)
-                elif isinstance(module, nn.Linear):
-                    if member.kind == "out":
-                        assign(member.path, "out_features", index)
-                    else:
-                        assign(member.path, "in_features", index, module.in_features // group.base)
-                elif isinstance(module, nn.modules.batchnorm._BatchNorm):
-                    assign(member.path, "num_features", index)
-                elif isinstance(module, nn.GroupNorm):
-                    assign(member.path, "num_channels", index)
-                elif isinstance(module, nn.LayerNorm) and len(module.normalized_shape) == 1:
-                    assign(member.path, "normalized_shape", index, as_tuple=True)
+        for (path, kind), layout in space.layouts().items():
+            if kind == "param":
+                continue
+            parts = tuple(index if index is not None else -count for index, count in layout)
+            base = sum(count for _, count in layout)
+            module = modules.get(path)
+            if isinstance(module, nn.Conv2d):
+                if is_depthwise(module):
+                    for attribute in ("groups", "in_channels", "out_channels"):
+                        assign(path, attribute, parts)
                 else:
-                    raise _FrameUnsupported(f"{member.path}: {type(module).__name__}")
+                    assign(path, "out_channels" if kind == "out" else "in_channels", parts)
+            elif isinstance(module, nn.Linear):
+                if kind == "out":
+                    assign(path, "out_features", parts)
+                else:
+                    assign(path, "in_features", parts, module.in_features // base)
+            elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+                assign(path, "num_features", parts)
+            elif isinstance(module, nn.GroupNorm):
+                assign(path, "num_channels", parts)
+            elif isinstance(module, nn.LayerNorm) and len(module.normalized_shape) == 1:
+                assign(path, "normalized_shape", parts, as_tuple=True)
+            else:
+                raise _FrameUnsupported(f"{path}: {type(module).__name__}")
         for path, _, sink in pad_shortcuts(model, space):
-            assign(path, "out_channels", space.index(sink.name))
+            assign(path, "out_channels", (space.index(sink.name),))
         self.slots = tuple((modules[path], attribute, *rule) for (path, attribute), rule in slots.items())
         self.current: tuple[int, ...] | None = None
 
     def at(self, widths: Widths) -> nn.Module:
         """The frame with every width attribute set for `widths`."""
         if widths.values != self.current:
-            for module, attribute, group, factor, as_tuple in self.slots:
-                value = widths.values[group] * factor
+            for module, attribute, parts, factor, as_tuple in self.slots:
+                value = sum(widths.values[p] if p >= 0 else -p for p in parts) * factor
                 setattr(module, attribute, (value,) if as_tuple else value)
             self.current = widths.values
         return self.model
@@ -268,9 +272,17 @@ class Supernet(nn.Module):
         self.cache_size = cache_size
         # the same groups with the supernet's widths as their base: what its channel indices range over
         self.shared_space = ChannelSpace(
-            tuple(replace(group, base=self.max_widths[group.name]) for group in self.space)
+            tuple(replace(group, base=self.max_widths[group.name]) for group in self.space),
+            self.space.concats,
         )
         self.model = materialize(self.spec, self.max_widths, seed=seed)
+        selections = [path for path, m in self.model.named_modules() if isinstance(m, ChannelSelection)]
+        if selections:
+            raise SupernetError(
+                f"{self.spec}: {selections[0]!r} is a channel selection, which picks channels of another group "
+                "by index, so no sub-network is a slice of the supernet; build the model without selections "
+                "(preresnet_cifar: select=false)"
+            )
         self._slices = {
             key: tuple(sorted(dims.items()))
             for key, dims in channel_slices(self.model, self.shared_space).items()
@@ -345,6 +357,9 @@ class Supernet(nn.Module):
         for key, dims in self._slices.items():
             entries = []
             for dim, where in dims:
+                if where.group is None:  # a concatenation: each group's channels at its offset
+                    entries.append(Cut(dim, index=where.index(kept, device)))
+                    continue
                 index = indices[where.group]
                 if index is None:
                     entries.append(Cut(dim, prefix=widths[where.group] * where.factor))

@@ -100,15 +100,19 @@ def resize(model: nn.Module, space: ChannelSpace, widths: Mapping[str, int]) -> 
     in_factor: dict[str, int] = {}
     raw: dict[str, dict[int, int]] = defaultdict(dict)
     for group in space:
-        width = widths[group.name]
         for member in group.members:
             if member.kind == "param":
-                raw[member.path][member.dim] = width
-                continue
-            sizes[member.path][member.kind] = width
-            module = modules.get(member.path)
-            if isinstance(module, nn.Linear) and member.kind == "in":
-                in_factor[member.path] = module.in_features // group.base
+                raw[member.path][member.dim] = widths[group.name]
+    for (path, kind), parts in space.layouts().items():
+        if kind == "param":
+            continue
+        # a concatenation's width is its parts' sum; channels no group owns keep their count
+        sizes[path][kind] = sum(
+            count if group is None else widths[space.groups[group].name] for group, count in parts
+        )
+        module = modules.get(path)
+        if isinstance(module, nn.Linear) and kind == "in":
+            in_factor[path] = module.in_features // sum(count for _, count in parts)
     for path, size in sizes.items():
         module = modules.get(path)
         if isinstance(module, nn.Conv2d):

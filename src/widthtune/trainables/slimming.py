@@ -4,7 +4,8 @@ The base model (seed task.seed) starts with every BN gamma at `gamma_init` (0.5)
 recipe (stretched to `sparsity_epochs`) with lam x sum |gamma| added to the loss (autograd gives the
 subgradient sign(gamma)). Channels are then ranked across all groups at once:
 
-- a channel's score is the mean |gamma| over its group's BN members. A plain conv group has one BN; a
+- a channel's score is the mean |gamma| over the BNs that see its group (a BN on concatenated features, as
+  in DenseNet, contributes its slice for the group). A plain conv group has one BN; a
   residual stream has one BN per block writing into it (stem, each block's last BN, projection BNs), and
   since the stream's channels are kept or removed together, the mean over those BNs is the one number that
   says how much the whole stream uses the channel;
@@ -88,32 +89,31 @@ def is_vgg(spec: ModelSpec) -> bool:
 
 def bn_members(
     model: nn.Module, space: ChannelSpace, exclude: frozenset[str] = frozenset()
-) -> dict[str, list[nn.Module]]:
-    """Per prunable group, the BN layers (with a gamma) among its members."""
+) -> dict[str, list[Tensor]]:
+    """Per prunable group, the gamma of every BN that sees it: the group's slice of a BN on concatenated
+    features (DenseNet's, Network Slimming's per-input-slice gammas), else the BN's whole gamma."""
     modules = dict(model.named_modules())
-    members: dict[str, list[nn.Module]] = {}
-    for group in space:
-        if group.name in exclude:
+    members: dict[str, list[Tensor]] = {}
+    for (path, kind), parts in space.layouts().items():
+        module = modules.get(path)
+        if kind == "param" or not isinstance(module, BN) or module.weight is None:
             continue
-        bns = [
-            modules[m.path]
-            for m in group.members
-            if m.kind != "param"
-            and isinstance(modules.get(m.path), BN)
-            and modules[m.path].weight is not None
-        ]
-        if bns:
-            members[group.name] = bns
-    return members
+        offset = 0
+        for index, count in parts:
+            name = space.groups[index].name if index is not None else None
+            if name is not None and name not in exclude:
+                members.setdefault(name, []).append(module.weight[offset : offset + count])
+            offset += count
+    return {group.name: members[group.name] for group in space if group.name in members}
 
 
 def bn_scores(
     model: nn.Module, space: ChannelSpace, exclude: frozenset[str] = frozenset()
 ) -> dict[str, Tensor]:
-    """Per prunable group, each channel's mean |gamma| over the group's BN members."""
+    """Per prunable group, each channel's mean |gamma| over the BNs that see it."""
     return {
-        name: torch.stack([bn.weight.detach().abs().float().cpu() for bn in bns]).mean(0)
-        for name, bns in bn_members(model, space, exclude).items()
+        name: torch.stack([gamma.detach().abs().float().cpu() for gamma in gammas]).mean(0)
+        for name, gammas in bn_members(model, space, exclude).items()
     }
 
 

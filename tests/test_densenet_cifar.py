@@ -1,0 +1,153 @@
+"""The CIFAR DenseNet family: Network Slimming's DenseNet-40 numbers, its declared groups, exact costs."""
+
+import random
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from widthtune.models import SpecError, Widths, channel_space, input_shape, materialize
+from widthtune.models.cost import CostModel
+from widthtune.models.dependency import dependency_space
+from widthtune.models.inherit import inherit_weights, kept_widths, mask_channels
+from widthtune.models.space import Member
+from widthtune.platform.config import validate_config
+from widthtune.platform.runner import run_experiment
+from widthtune.results.store import read_trials
+
+
+def test_densenet40_reproduces_the_reference_figures():
+    # DenseNet-40 k=12 on CIFAR-10: 282.9M MACs, 290.1M in LW-DNA's convention (its Table: 0.2901 G), 1.059M params
+    cost = CostModel.from_spec("densenet_cifar:depth=40,growth=12,num_classes=10").base()
+    assert (round(cost.macs / 1e6, 1), round(cost.lwdna / 1e6, 1), round(cost.params / 1e6, 3)) == (
+        282.9,
+        290.1,
+        1.059,
+    )
+    assert round(CostModel.from_spec("densenet_cifar:num_classes=100").base().params / 1e6, 3) == 1.100
+
+
+def test_densenet_bc_100_has_bottlenecks_and_compressed_transitions():
+    space = channel_space("densenet_cifar:depth=100,bottleneck=true,compression=0.5")
+    assert space["stage1.block16.mid"].base == 48 and space["stage1.block16.growth"].base == 12
+    assert space["stage1.transition"].base == (24 + 16 * 12) // 2
+    assert (
+        round(
+            CostModel.from_spec("densenet_cifar:depth=100,bottleneck=true,compression=0.5").base().params
+            / 1e6,
+            2,
+        )
+        == 0.77
+    )
+
+
+@pytest.mark.parametrize(
+    "spec",
+    ["densenet_cifar:depth=10,growth=4", "densenet_cifar:depth=16,growth=4,bottleneck=true,compression=0.5"],
+)
+def test_declared_groups_are_the_traced_groups(spec):
+    own = channel_space(spec)
+    traced = dependency_space(materialize(spec), torch.zeros(input_shape(spec)))
+
+    def shape(space):
+        index = {g.name: i for i, g in enumerate(space)}
+        groups = [(g.base, sorted((m.path, m.kind) for m in g.members)) for g in space]
+        concats = sorted((c.path, c.kind, tuple(index[p] for p in c.parts)) for c in space.concats)
+        return groups, concats
+
+    assert shape(own) == shape(traced)
+    assert Member("dense2.0.bn1") in own["stage1.transition"].members
+    second = {(c.path, c.kind): c.parts for c in own.concats}[("dense1.1.conv1", "in")]
+    assert second == ("stem", "stage1.block1.growth")
+
+
+@pytest.mark.parametrize(("low", "high"), [(0.3, 0.9), (1.1, 1.9)], ids=["shrunk", "grown"])
+def test_random_widths_cost_exactly(low, high):
+    spec = "densenet_cifar:depth=16,growth=6,bottleneck=true,compression=0.5,resolution=16"
+    cost_model = CostModel.from_spec(spec)
+    rng = random.Random(low)
+    widths = Widths.from_mapping(
+        cost_model.space, {g.name: g.base * rng.uniform(low, high) for g in cost_model.space}, round=True
+    )
+    model = materialize(spec, widths, seed=0).eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.zeros(input_shape(spec)))
+    cost = cost_model.evaluate(widths)
+    assert cost.macs == counter.get_total_flops() // 2
+    assert cost.params == sum(p.numel() for p in model.parameters())
+
+
+def test_pruned_densenet_inherits_every_concatenated_slice():
+    spec = "densenet_cifar:depth=16,growth=6,bottleneck=true,compression=0.5,resolution=16"
+    space = channel_space(spec)
+    generator = torch.Generator().manual_seed(0)
+    original = materialize(spec, seed=0)
+    with torch.no_grad():
+        for module in original.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.weight.copy_(torch.randn(module.weight.shape, generator=generator))
+                module.bias.copy_(torch.randn(module.bias.shape, generator=generator))
+                module.running_var.copy_(0.5 + torch.rand(module.running_var.shape, generator=generator))
+    kept = {
+        g.name: sorted(torch.randperm(g.base, generator=generator)[: max(1, g.base // 2)].tolist())
+        for g in space
+    }
+    small = materialize(spec, kept_widths(space, kept))
+    small.load_state_dict(inherit_weights(original.eval(), space, kept))
+    x = torch.randn(2, 3, 16, 16, generator=generator)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            small.eval()(x), mask_channels(original, space, kept)(x), rtol=1e-4, atol=1e-4
+        )
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("densenet_cifar:depth=41", "3n\\+4"),
+        ("densenet_cifar:depth=42,bottleneck=true", "6n\\+4"),
+        ("densenet_cifar:compression=1.5", "compression"),
+        ("densenet_cifar:growth=0", "growth"),
+    ],
+)
+def test_bad_options_name_what_is_allowed(spec, message):
+    with pytest.raises(SpecError, match=message):
+        channel_space(spec)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("local_ray")
+def test_slimming_prunes_a_tiny_densenet_on_digits_fine_tuned_and_from_scratch(tmp_path):
+    spec = "densenet_cifar:depth=10,growth=8"
+    config = {
+        "name": "densenet-slimming",
+        "kind": "compare",
+        "model": spec,
+        "data": {"name": "digits", "resolution": 16},
+        "train": {"epochs": 4, "batch_size": 32, "lr": 0.1, "schedule": "multistep", "milestones": [3]},
+        "methods": [
+            {
+                "name": "slimming",
+                "lam": 0.0001,
+                "ratio": 0.4,
+                "sparsity_epochs": 4,
+                "retrain": {"mode": {"grid": ["finetune", "scratch-e"]}, "finetune_epochs": 2},
+            }
+        ],
+        "storage": str(tmp_path),
+        "max_failures": 0,
+    }
+    directory = run_experiment(validate_config(config), say=lambda line: None)
+    rows = read_trials(directory / "results")
+    assert all(r["status"] == "completed" for r in rows), [r["error"] for r in rows]
+    by_mode = {r["retrain"]: r for r in rows if r["label"] == "slimming"}
+    assert set(by_mode) == {"finetune", "scratch-e"}
+    space = channel_space(f"{spec},resolution=16")
+    widths = dict(zip(space.names, by_mode["finetune"]["widths"], strict=True))
+    growth = [g for g in space if g.name.endswith(".growth")]
+    assert any(widths[g.name] < g.base for g in growth)  # groups seen only through concatenations were pruned
+    assert by_mode["finetune"]["widths"] == by_mode["scratch-e"]["widths"]
+    full = CostModel.from_spec(f"{spec},resolution=16").base().macs
+    assert by_mode["finetune"]["macs"] < full
+    accuracy = {mode: row["final_test_acc"] for mode, row in by_mode.items()}
+    assert min(accuracy.values()) > 0.3, accuracy
