@@ -1,13 +1,11 @@
 """Image folders streamed from disk: the same splits as in memory, the ImageNet pipeline, training from files."""
 
-import colorsys
-
-import numpy as np
 import pytest
 import torch
 from PIL import Image
 from torch import nn
 
+from jpeg_tree import CLASSES, PER_CLASS, TEST_PER_CLASS, write_jpeg_tree
 from widthtune.training import (
     DatasetSplits,
     DataSpec,
@@ -19,22 +17,6 @@ from widthtune.training import (
 from widthtune.training.data_parallel import Shard, ShardedBatches
 from widthtune.training.datasets import MEMORY_LOADER_MAX_BYTES, chosen_loader, decoded_bytes
 from widthtune.training.streaming import EVAL_RESIZE, IMAGENET_MEAN, folder_transform
-
-CLASSES, PER_CLASS, TEST_PER_CLASS, SIZE = 10, 40, 10, 64
-
-
-def write_jpeg_tree(root, classes=CLASSES, per_class=PER_CLASS, test_per_class=TEST_PER_CLASS, size=SIZE):
-    """`train/<class>/` and `val/<class>/` JPEGs: one hue per class, with noise."""
-    rng = np.random.default_rng(0)
-    for split, count in (("train", per_class), ("val", test_per_class)):
-        for label in range(classes):
-            folder = root / split / f"class{label:02d}"
-            folder.mkdir(parents=True)
-            hue = np.array(colorsys.hsv_to_rgb(label / classes, 0.8, 0.9)) * 255
-            for index in range(count):
-                pixels = np.clip(hue + rng.normal(0, 30, (size, size, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(pixels).save(folder / f"{index:03d}.jpg", quality=90)
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -202,6 +184,8 @@ def test_each_ddp_worker_decodes_only_its_own_share_of_the_epoch(tree, batch_siz
     for rank, got in enumerate((first_batches, second_batches)):
         opened, want, state = sharded_epoch(tree, batch_size, Shard(rank, 2), sharded_reader=False)
         assert len(opened) == epoch_files  # the rule it replaces decodes the whole epoch on every worker
-        assert all(torch.equal(x, x2) and torch.equal(y, y2) for (x, y), (x2, y2) in zip(got, want, strict=True))
+        assert all(
+            torch.equal(x, x2) and torch.equal(y, y2) for (x, y), (x2, y2) in zip(got, want, strict=True)
+        )
         assert torch.equal(state, first_state)  # the next epoch's draw is the same on every rank
     assert torch.equal(first_state, second_state)
