@@ -125,7 +125,7 @@ def watch(path, env, deadline_s=540):
         most = max(most, len(workers))
         time.sleep(0.2)
     if run.poll() is None:
-        run.kill()
+        run.send_signal(signal.SIGINT)  # the driver ends its own Ray
     _, err = run.communicate(timeout=120)
     return run.returncode, err, seen, most
 
