@@ -20,6 +20,7 @@ from widthtune.platform.config import ConfigError, validate_config
 from widthtune.platform.runner import read_state
 from widthtune.results.store import read_epochs, read_trials
 from widthtune.trainables.adapter import FAILURES_FILE
+from widthtune.trainables.data_parallel import lost_infrastructure, raised_by_the_code
 from widthtune.training import DataSpec, load_dataset
 from widthtune.training.data_parallel import Shard, ShardedBatches
 
@@ -292,3 +293,22 @@ def test_a_deterministic_error_in_a_two_worker_trial_is_retried_by_tune_alone(tm
     assert (trial_dir / FAILURES_FILE).read_text() == "2"  # the first run and its one retry
     assert 2 <= len(seen) <= 4, sorted(seen)  # at most two worker groups of two: Ray Train retried nothing
     assert not [pid for pid in seen if alive(pid)]
+
+
+def test_a_lost_worker_is_infrastructure_and_an_error_of_the_code_is_the_trials_own():
+    from ray.exceptions import ActorDiedError
+    from ray.train import ControllerError, WorkerGroupError
+    from ray.train.v2._internal.exceptions import WorkerHealthCheckFailedError
+
+    unreadable = OSError("cannot identify image file 'broken.jpg'")
+    collateral = RuntimeError("gloo: connection closed by peer")
+    own = WorkerGroupError("rank 1 raised", {1: unreadable, 0: collateral})
+    assert not lost_infrastructure(own) and raised_by_the_code(own) is collateral  # the lowest rank's
+    assert raised_by_the_code(WorkerGroupError("one", {1: unreadable})) is unreadable
+    lost = WorkerGroupError(
+        "rank 0 died", {0: WorkerHealthCheckFailedError("lost", ActorDiedError()), 1: collateral}
+    )
+    assert lost_infrastructure(lost)  # one lost worker makes the survivors' errors collateral
+    assert lost_infrastructure(WorkerGroupError("died", {0: ActorDiedError()}))
+    assert lost_infrastructure(ControllerError(RuntimeError("the controller's node went away")))
+    assert not lost_infrastructure(unreadable) and raised_by_the_code(unreadable) is unreadable
