@@ -38,6 +38,7 @@ from widthtune.trainables.adapter import (
     trial_task,
     worker_cost_model,
 )
+from widthtune.trainables.placement_cleanup import start_cleanup
 from widthtune.trainables.trial import TRAIN_RUN, TrialSpec, expand_bundle
 from widthtune.training.data_parallel import Shard
 from widthtune.training.loop import NonFiniteLossError, TrainState, train
@@ -82,12 +83,16 @@ def _search_once(shard: Shard, trial: TrialSpec, task: Any) -> tuple[FoundWidths
     return FoundWidths(**values), None
 
 
-def train_worker(config: dict[str, Any]) -> None:
+def train_worker(loop_config: dict[str, Any]) -> None:
     """One Ray Train worker of the trial: restore or search (rank 0, broadcast), then train DDP and report."""
     import ray.train
+    from ray.util.placement_group import get_current_placement_group
 
+    config = loop_config["trial"]
     context = ray.train.get_context()
     shard = Shard(context.get_world_rank(), context.get_world_size())
+    if shard.rank == 0:
+        loop_config["cleanup"].guard.remote(get_current_placement_group())
     trial = TrialSpec.parse(config)
     torch.set_num_threads(max(1, int(float(trial.flat.get("resources.cpu_per_worker", 1)))))
     task, cost_model, target = trial_task(trial)
@@ -161,7 +166,7 @@ def _run_data_parallel(config: dict[str, Any]) -> None:
     per_worker = {"CPU": cpu, "GPU": gpu} if gpu else {"CPU": cpu}
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config=config,
+        train_loop_config={"trial": config, "cleanup": start_cleanup()},
         # NCCL needs a whole device per rank; workers sharing a GPU talk over gloo
         torch_config=TorchConfig(backend="nccl" if gpu >= 1 else "gloo"),
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpu > 0, resources_per_worker=per_worker),
