@@ -58,6 +58,9 @@ def start_cleanup() -> Any:
     import ray
 
     actor = ray.remote(num_cpus=0, max_concurrency=2)(PlacementCleanup)
-    cleanup = actor.options(lifetime="detached").remote(ray.get_runtime_context().current_actor)
+    # DEFAULT: outside the trial's own placement group, which Tune removes (and every actor in it) with the trial
+    cleanup = actor.options(lifetime="detached", scheduling_strategy="DEFAULT").remote(
+        ray.get_runtime_context().current_actor
+    )
     cleanup.watch.remote()
     return cleanup
