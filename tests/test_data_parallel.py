@@ -285,7 +285,7 @@ def test_a_deterministic_error_in_a_two_worker_trial_is_retried_by_tune_alone(tm
         infra_retries=3,
     )
     code, err, seen, _ = watch(path, {**os.environ, "RAY_AUTH_MODE": "disabled"})
-    assert code == 0, err[-3000:]
+    assert code == 1 and "every trial errored (1); the first: UnidentifiedImageError" in err, err[-3000:]
     (row,) = read_trials(tmp_path / "broken")
     assert row["status"] == "errored" and row["error"].startswith("UnidentifiedImageError: "), row["error"]
     assert "broken.jpg" in row["error"]
