@@ -1,13 +1,11 @@
 """Image folders streamed from disk: the same splits as in memory, the ImageNet pipeline, training from files."""
 
-import colorsys
-
-import numpy as np
 import pytest
 import torch
 from PIL import Image
 from torch import nn
 
+from jpeg_tree import CLASSES, PER_CLASS, TEST_PER_CLASS, write_jpeg_tree
 from widthtune.training import (
     DatasetSplits,
     DataSpec,
@@ -16,24 +14,9 @@ from widthtune.training import (
     load_dataset,
     train,
 )
+from widthtune.training.data_parallel import Shard, ShardedBatches
 from widthtune.training.datasets import MEMORY_LOADER_MAX_BYTES, chosen_loader, decoded_bytes
 from widthtune.training.streaming import EVAL_RESIZE, IMAGENET_MEAN, folder_transform
-
-CLASSES, PER_CLASS, TEST_PER_CLASS, SIZE = 10, 40, 10, 64
-
-
-def write_jpeg_tree(root, classes=CLASSES, per_class=PER_CLASS, test_per_class=TEST_PER_CLASS, size=SIZE):
-    """`train/<class>/` and `val/<class>/` JPEGs: one hue per class, with noise."""
-    rng = np.random.default_rng(0)
-    for split, count in (("train", per_class), ("val", test_per_class)):
-        for label in range(classes):
-            folder = root / split / f"class{label:02d}"
-            folder.mkdir(parents=True)
-            hue = np.array(colorsys.hsv_to_rgb(label / classes, 0.8, 0.9)) * 255
-            for index in range(count):
-                pixels = np.clip(hue + rng.normal(0, 30, (size, size, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(pixels).save(folder / f"{index:03d}.jpg", quality=90)
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -155,3 +138,54 @@ def test_resume_on_streamed_data_matches_uninterrupted_training(tree):
 def test_one_channel_streamed(tree):
     x, _ = next(iter(stream(tree, channels=1).train_batches(8, augment="crop", seed=0)))
     assert x.shape == (8, 1, 32, 32)
+
+
+def decoding(data):
+    """The files `data`'s training folder decodes, in the order it decodes them (read in this process)."""
+    folder, opened = data.listing.train, []
+    read = folder.loader
+
+    def recording(path):
+        opened.append(path)
+        return read(path)
+
+    folder.loader = recording
+    return opened
+
+
+def sharded_epoch(tree, batch_size, shard, sharded_reader=True):
+    """One epoch of one DDP worker: the files it decoded, its batches, and its generator's state after."""
+    data = stream(tree, workers=0)
+    opened = decoding(data)
+    if sharded_reader:
+        loader = data.train_batches(batch_size, augment="crop+flip", seed=7, shard=shard)
+    else:  # the whole epoch read, the other workers' batches skipped (the in-memory rule)
+        loader = ShardedBatches(data.train_batches(batch_size, augment="crop+flip", seed=7), shard)
+    batches = [(x, y) for x, y in loader]
+    assert len(batches) == len(loader)
+    return opened, batches, loader.generator.get_state()
+
+
+@pytest.mark.parametrize("batch_size", [18, 40])
+def test_each_ddp_worker_decodes_only_its_own_share_of_the_epoch(tree, batch_size):
+    """The two workers' decoded files are disjoint and together the epoch's whole rounds of batches; each worker
+    gets the very batches (order and per-sample augmentation) that skipping the other's batches gives."""
+    files = {path for path, _ in stream(tree).listing.train.samples}
+    epoch_files = len(stream(tree).train_y)  # 360: 20 batches of 18, or 9 of 40 (the 9th in no whole round)
+    steps = -(-epoch_files // batch_size) // 2
+    (first, first_batches, first_state), (second, second_batches, second_state) = (
+        sharded_epoch(tree, batch_size, Shard(rank, 2)) for rank in (0, 1)
+    )
+    assert len(first_batches) == len(second_batches) == steps
+    assert len(first) == len(second) == steps * batch_size  # each decoded its own share, no more
+    assert not set(first) & set(second) and len(set(first)) == len(first)
+    shared = set(first) | set(second)
+    assert shared <= files and len(shared) == min(epoch_files, 2 * steps * batch_size)
+    for rank, got in enumerate((first_batches, second_batches)):
+        opened, want, state = sharded_epoch(tree, batch_size, Shard(rank, 2), sharded_reader=False)
+        assert len(opened) == epoch_files  # the rule it replaces decodes the whole epoch on every worker
+        assert all(
+            torch.equal(x, x2) and torch.equal(y, y2) for (x, y), (x2, y2) in zip(got, want, strict=True)
+        )
+        assert torch.equal(state, first_state)  # the next epoch's draw is the same on every rank
+    assert torch.equal(first_state, second_state)

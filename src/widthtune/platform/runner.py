@@ -242,7 +242,9 @@ def _tuner(
             search_alg=searcher,
             scheduler=make_scheduler(study, config),
             num_samples=study.num_samples,
-            reuse_actors=config.reuse_actors,
+            # a DDP trial's process only drives its Train run, which keeps on finishing after its last report: Tune
+            # cannot reset it for the next trial (the reset waits 2 s, then the next trial is stuck pending)
+            reuse_actors=config.reuse_actors and not config.resources.distributed,
             trial_dirname_creator=trial_dirname,
         ),
         run_config=tune.RunConfig(

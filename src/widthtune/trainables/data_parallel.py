@@ -2,9 +2,14 @@
 the Tune trial, its workers' reports forwarded to the trial by `TuneReportCallback`.
 
 The method's search runs once, on rank 0, and its widths (and weights, if it keeps any) are broadcast to every
-worker; each worker trains DDP on its share of every batch; rank 0 reports every epoch with a checkpoint. A lost
-worker restarts the worker group from the last checkpoint (Ray Train's failure budget, `infra_retries`); a
-restarted trial finds its Train run by name in the trial folder and continues from that run's last checkpoint.
+worker; each worker trains DDP on its share of every batch; rank 0 reports every epoch with a checkpoint.
+
+Retries are Tune's alone, on a single-process trial's budgets: Ray Train never restarts the worker group itself
+(its `max_failures` is 0), so a failure reaches the trial once. An error the trial's code raised on any worker
+counts against `max_failures` (a deterministic error runs 1 + `max_failures` times, never that times Train's
+budget); a lost Train worker, its node or Train's controller is infrastructure, and only Tune's `infra_retries`
+cover it. A retried trial finds its Train run by name in the trial folder and continues from that run's last
+checkpoint.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from widthtune.trainables.adapter import (
     trial_task,
     worker_cost_model,
 )
+from widthtune.trainables.placement_cleanup import start_cleanup
 from widthtune.trainables.trial import TRAIN_RUN, TrialSpec, expand_bundle
 from widthtune.training.data_parallel import Shard
 from widthtune.training.loop import NonFiniteLossError, TrainState, train
@@ -77,12 +83,16 @@ def _search_once(shard: Shard, trial: TrialSpec, task: Any) -> tuple[FoundWidths
     return FoundWidths(**values), None
 
 
-def train_worker(config: dict[str, Any]) -> None:
+def train_worker(loop_config: dict[str, Any]) -> None:
     """One Ray Train worker of the trial: restore or search (rank 0, broadcast), then train DDP and report."""
     import ray.train
+    from ray.util.placement_group import get_current_placement_group
 
+    config = loop_config["trial"]
     context = ray.train.get_context()
     shard = Shard(context.get_world_rank(), context.get_world_size())
+    if shard.rank == 0:
+        loop_config["cleanup"].guard.remote(get_current_placement_group())
     trial = TrialSpec.parse(config)
     torch.set_num_threads(max(1, int(float(trial.flat.get("resources.cpu_per_worker", 1)))))
     task, cost_model, target = trial_task(trial)
@@ -156,7 +166,7 @@ def _run_data_parallel(config: dict[str, Any]) -> None:
     per_worker = {"CPU": cpu, "GPU": gpu} if gpu else {"CPU": cpu}
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config=config,
+        train_loop_config={"trial": config, "cleanup": start_cleanup()},
         # NCCL needs a whole device per rank; workers sharing a GPU talk over gloo
         torch_config=TorchConfig(backend="nccl" if gpu >= 1 else "gloo"),
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpu > 0, resources_per_worker=per_worker),
@@ -165,7 +175,9 @@ def _run_data_parallel(config: dict[str, Any]) -> None:
             name=TRAIN_RUN,
             storage_path=storage.trial_fs_path,
             storage_filesystem=storage.storage_filesystem,
-            failure_config=FailureConfig(max_failures=int(flat.get("infra_retries", 3))),
+            failure_config=FailureConfig(
+                max_failures=0
+            ),  # every retry is the Tune trial's (module docstring)
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             callbacks=[TuneReportCallback()],
         ),
@@ -180,14 +192,45 @@ def _run_data_parallel(config: dict[str, Any]) -> None:
         )
 
 
+def lost_infrastructure(error: BaseException) -> bool:
+    """Whether a failed Train run lost a worker, a node or its controller (Tune's `infra_retries`), rather than
+    the trial's code raising (`max_failures`). One lost worker is enough: the survivors' collectives then fail
+    too, and those collateral errors are not the code's."""
+    from ray.exceptions import RayError
+    from ray.train import ControllerError, WorkerGroupError
+
+    if isinstance(error, ControllerError | RayError):
+        return True
+    if not isinstance(error, WorkerGroupError):
+        return False
+    # a lost worker is a RayActorError, or Train's health check failing (its own RayTrainError); a worker's
+    # raised error comes as raised
+    from ray.train.v2._internal.exceptions import RayTrainError
+
+    return any(isinstance(failure, RayError | RayTrainError) for failure in error.worker_failures.values())
+
+
+def raised_by_the_code(error: BaseException) -> BaseException:
+    """The error a worker's code raised (the lowest rank's), not Train's summary of every rank's."""
+    from ray.train import WorkerGroupError
+
+    if isinstance(error, WorkerGroupError) and error.worker_failures:
+        return error.worker_failures[min(error.worker_failures)]
+    return error
+
+
 def run_data_parallel_trial(config: dict[str, Any]) -> None:
-    """Tune function trainable of a DDP trial; errors count against `max_failures` like a single-process trial's."""
+    """Tune function trainable of a DDP trial: its code's errors count against `max_failures` like a
+    single-process trial's; a lost worker is left to Tune's infrastructure retries."""
     from ray import tune
 
     try:
         _run_data_parallel(config)
     except Exception as error:
+        if lost_infrastructure(error):
+            raise
         failures = count_failure(Path(tune.get_context().get_trial_dir()), error)
         if failures <= int(expand_bundle(config).get("max_failures", 0)):
             raise
-        tune.report(_error_metrics(f"{type(error).__name__}: {error}"))
+        cause = raised_by_the_code(error)
+        tune.report(_error_metrics(f"{type(cause).__name__}: {cause}"))

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision import transforms
 
+from widthtune.training.data_parallel import Shard, ShardedBatches
 from widthtune.training.loader import DeviceLoader, tensor_batches
 from widthtune.training.shapes import balanced_labels, render_shapes
 from widthtune.training.streaming import (
@@ -143,9 +144,10 @@ class DatasetSplits:
         drop_last: bool = False,
         seed: int = 0,
         device: str | torch.device = "cpu",
-    ) -> DeviceLoader:
-        """Shuffled, augmented training batches from tensors on the device."""
-        return DeviceLoader(
+        shard: Shard | None = None,
+    ) -> DeviceLoader | ShardedBatches:
+        """Shuffled, augmented training batches from tensors on the device; a `shard`'s worker takes its own."""
+        loader = DeviceLoader(
             self.train_x,
             self.train_y,
             batch_size,
@@ -155,6 +157,7 @@ class DatasetSplits:
             seed=seed,
             device=device,
         )
+        return ShardedBatches(loader, shard) if shard is not None and shard.parallel else loader
 
     def eval_batches(
         self, split: str, batch_size: int, device: str | torch.device = "cpu"

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from widthtune.training.data_parallel import Shard, ShardedBatches, all_sum
+from widthtune.training.data_parallel import Shard, all_sum
 from widthtune.training.datasets import DatasetSplits
 from widthtune.training.distill import DistillConfig, distillation_loss
 from widthtune.training.loader import AUGMENTATIONS, tensor_batches
@@ -328,12 +328,12 @@ def train(
         drop_last=config.drop_last,
         seed=config.seed,
         device=device,
+        shard=shard,  # this worker's share of every epoch (streamed: only its files are read)
     )
     forward: nn.Module = model
     if parallel:
         from torch.nn.parallel import DistributedDataParallel
 
-        loader = ShardedBatches(loader, shard)
         forward = DistributedDataParallel(
             model, device_ids=[device.index or 0] if device.type == "cuda" else None
         )

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 from torchvision import transforms
 from torchvision.datasets import ImageFolder
 
+from widthtune.training.data_parallel import Shard, ShardedOrder
 from widthtune.training.loader import AUGMENTATIONS
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -145,7 +146,8 @@ class SeededOrder(Sampler):
 class StreamLoader:
     """Minibatches read by worker processes (pinned memory on CUDA), moved to the device as they come.
 
-    `generator` is the loader's whole random state (order and augmentation), as for `DeviceLoader`.
+    `generator` is the loader's whole random state (order and augmentation), as for `DeviceLoader`. With a
+    `shard` of several workers, this worker reads only its own batches of each epoch (`ShardedOrder`).
     """
 
     def __init__(
@@ -159,15 +161,19 @@ class StreamLoader:
         workers: int = 0,
         persistent: bool = True,
         device: str | torch.device = "cpu",
+        shard: Shard | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"train.batch_size: {batch_size!r} is not allowed; choose an integer >= 1")
         self.device = torch.device(device)
         self.generator = torch.Generator().manual_seed(seed)
+        order: Sampler = SeededOrder(len(samples), shuffle, self.generator)
+        if shard is not None and shard.parallel:
+            order = ShardedOrder(order, batch_size, drop_last, shard)
         self.batches = DataLoader(
             samples,
             batch_size=batch_size,
-            sampler=SeededOrder(len(samples), shuffle, self.generator),
+            sampler=order,
             num_workers=workers,
             pin_memory=self.device.type == "cuda",
             drop_last=drop_last,
@@ -233,8 +239,9 @@ class StreamedSplits:
         drop_last: bool = False,
         seed: int = 0,
         device: str | torch.device = "cpu",
+        shard: Shard | None = None,
     ) -> StreamLoader:
-        """Shuffled, augmented training batches (persistent workers)."""
+        """Shuffled, augmented training batches (persistent workers); a `shard`'s worker reads only its own."""
         if augment not in AUGMENTATIONS:
             raise ValueError(
                 f"train.augment: {augment!r} is not allowed; choose one of: {', '.join(AUGMENTATIONS)}"
@@ -249,6 +256,7 @@ class StreamedSplits:
             seed=seed,
             workers=self.workers,
             device=device,
+            shard=shard,
         )
 
     def eval_batches(self, split: str, batch_size: int, device: str | torch.device = "cpu") -> StreamLoader:
