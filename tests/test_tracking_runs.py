@@ -1,12 +1,24 @@
-"""A trial's MLflow child run in few round-trips holds everything: params, epochs, trained widths, artifacts."""
+"""A trial's MLflow child run in few round-trips holds everything (params, epochs, trained widths, artifacts), and
+a parent run opened while Tune starts reaches the recorder and the saved state."""
 
 from __future__ import annotations
 
+import json
+import pickle
 from pathlib import Path
 
+import pytest
 from mlflow.tracking import MlflowClient
 
-from widthtune.platform.tracking import TrialRuns, close_parent_run, log_files, open_parent_run, sqlite_uri
+from widthtune.platform.tracking import (
+    Tracking,
+    TrialRuns,
+    close_parent_run,
+    log_files,
+    open_parent_run,
+    sqlite_uri,
+)
+from widthtune.results.files import EXPERIMENT_FILE
 
 
 def _tracking(tmp_path: Path):
@@ -89,3 +101,49 @@ def test_the_parent_run_gets_every_report_file_under_report(tmp_path):
         "report/report.md",
     ]
     assert client.get_run(tracking.parent_run_id).info.status == "FINISHED"
+
+
+def test_a_recorder_pickled_while_its_parent_run_opened_reads_the_saved_state(tmp_path):
+    from concurrent.futures import Future
+
+    from widthtune.platform.recorder import TrialRecorder
+
+    opening: Future = Future()
+    recorder = TrialRecorder(str(tmp_path), "s", opening, "hash", uri=sqlite_uri(tmp_path))
+    restored = pickle.loads(pickle.dumps(recorder))  # as Tune saves it with the Tuner, before the run opened
+    tracking = _tracking(tmp_path)
+    saved = {
+        "uri": tracking.uri,
+        "experiment_id": tracking.experiment_id,
+        "parent_run_id": tracking.parent_run_id,
+    }
+    (tmp_path / EXPERIMENT_FILE).write_text(json.dumps({"tracking": saved}))
+    assert restored.opened() == Tracking(**saved)
+    heard = []
+    live = TrialRecorder(str(tmp_path), "s", opening, "hash", uri=tracking.uri, on_opened=heard.append)
+    opening.set_result(tracking)
+    assert live.opened() is tracking and heard == [tracking]
+    assert pickle.loads(pickle.dumps(live)).tracking == tracking
+
+
+@pytest.mark.usefixtures("local_ray")
+def test_a_run_stopped_while_its_parent_run_opened_gets_one_on_resume(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from widthtune.platform.config import validate_config
+    from widthtune.platform.runner import create_experiment, execute, read_state
+
+    config = validate_config(
+        {"name": "opening", "model": "resnet_cifar:depth=8", "method": "uniform", "storage": str(tmp_path)}
+    )
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        directory, opening = create_experiment(config, pool)
+        assert read_state(directory)["tracking"]["parent_run_id"] is None  # pending while the store migrates
+        orphan = opening.result()  # opened, but the driver stops before the state records it
+    state = read_state(directory)
+    state["studies"] = {key: "done" for key in state["studies"]}  # nothing left to train
+    (directory / EXPERIMENT_FILE).write_text(json.dumps(state))
+    execute(directory, say=lambda _: None)
+    tracking = Tracking(**read_state(directory)["tracking"])
+    assert tracking.parent_run_id not in (None, orphan.parent_run_id)
+    assert MlflowClient(tracking.uri).get_run(tracking.parent_run_id).info.status == "FINISHED"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import getpass
+import json
 import re
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from widthtune.analysis.report import comparison
+from widthtune.results.files import EXPERIMENT_FILE
 from widthtune.results.store import read_trials
 
 PARENT_TAG = "mlflow.parentRunId"
@@ -44,6 +46,11 @@ class Tracking:
     def client(self) -> MlflowClient:
         """A client for this store (cheap; made where it is used, never global)."""
         return MlflowClient(tracking_uri=self.uri)
+
+
+def saved_tracking(directory: Path | str) -> Tracking:
+    """The experiment's tracking as its saved state records it (what a recorder that Tune restored reads)."""
+    return Tracking(**json.loads((Path(directory) / EXPERIMENT_FILE).read_text())["tracking"])
 
 
 def sqlite_uri(directory: Path) -> str:
