@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import time
 import traceback
+from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,7 @@ from ray import tune
 from widthtune.analysis.profile_svg import PROFILE_SVG, width_profile_svg
 from widthtune.models.artifact import WIDTHS_FILE, make_artifact
 from widthtune.models.cost import CostModel
-from widthtune.platform.tracking import Tracking, TrackingGuard, TrialRuns
+from widthtune.platform.tracking import Tracking, TrackingGuard, TrialRuns, saved_tracking
 from widthtune.results.store import EpochJournal, read_trial, write_trial
 from widthtune.trainables.retraining import Retraining
 from widthtune.trainables.trial import expand_bundle
@@ -112,28 +114,54 @@ def finish_run(runs: TrialRuns, row: dict[str, Any], artifacts: list[Path]) -> N
 class TrialRecorder(tune.Callback):
     """Journals each result, logs it to the trial's MLflow child run, and stores the trial when it ends.
 
-    Picklable (Tune saves it with the run); its clients and caches are rebuilt after a restore.
+    Picklable (Tune saves it with the run); its clients and caches are rebuilt after a restore. `tracking` may be
+    the parent run still opening on another thread (the sqlite store migrates while Tune starts): the first
+    MLflow call waits for it and hands it to `on_opened`; pickled before then, it reads the saved state instead.
     """
 
-    def __init__(self, directory: str, study: str, tracking: Tracking, config_hash: str, role: str = "trial"):
+    def __init__(
+        self,
+        directory: str,
+        study: str,
+        tracking: Tracking | Future,
+        config_hash: str,
+        role: str = "trial",
+        uri: str | None = None,
+        on_opened: Callable[[Tracking], None] | None = None,
+    ):
         self.directory = directory
         self.study = study
-        self.tracking = tracking
+        self._opening = tracking if isinstance(tracking, Future) else None
+        self.tracking: Tracking | None = None if self._opening is not None else tracking
+        self.uri = uri if self.tracking is None else self.tracking.uri
         self.config_hash = config_hash
         self.role = role
+        self._on_opened = on_opened
         self._runs: TrialRuns | None = None
         self._guard: TrackingGuard | None = None
         self._costs: dict[str, CostModel] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_runs"] = None
-        state["_guard"] = None
-        state["_costs"] = {}
+        opening = state.pop("_opening", None)
+        if state["tracking"] is None and opening is not None and opening.done() and not opening.exception():
+            state["tracking"] = opening.result()
+        state.update(_runs=None, _guard=None, _costs={}, _on_opened=None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update({"_costs": {}, **state})
+        self.__dict__.update({"_costs": {}, "_opening": None, "_on_opened": None, "uri": None, **state})
+
+    def opened(self) -> Tracking:
+        """The experiment's tracking, waited for when it is still opening."""
+        if self.tracking is None:
+            if self._opening is not None:
+                self.tracking = self._opening.result()
+                if self._on_opened is not None:
+                    self._on_opened(self.tracking)
+            else:
+                self.tracking = saved_tracking(self.directory)
+        return self.tracking
 
     def cost_model(self, spec: str) -> CostModel:
         """The spec's cost model, traced once per recorder (the driver prices every stored trial's widths)."""
@@ -145,14 +173,14 @@ class TrialRecorder(tune.Callback):
     def guard(self) -> TrackingGuard:
         """MLflow calls go through here: once the tracking store fails, the rest of the run skips it."""
         if self._guard is None:
-            self._guard = TrackingGuard(self.tracking.uri, self.directory)
+            self._guard = TrackingGuard(self.uri or self.opened().uri, self.directory)
         return self._guard
 
     @property
     def runs(self) -> TrialRuns:
         """MLflow child runs (made on first use in this process)."""
         if self._runs is None:
-            self._runs = TrialRuns(self.tracking)
+            self._runs = TrialRuns(self.opened())
         return self._runs
 
     @property
@@ -165,7 +193,7 @@ class TrialRecorder(tune.Callback):
         config = expand_bundle(trial.config)
         tags = trial_tags(config, self.study, self.role, self.config_hash)
         return self.guard.call(
-            self.runs.run_for, key, f"{self.study}/{trial.trial_id}", tags, logged_params(config)
+            lambda: self.runs.run_for(key, f"{self.study}/{trial.trial_id}", tags, logged_params(config))
         )
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:

@@ -13,6 +13,7 @@ import json
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,8 @@ def _environment() -> None:
     # a tracking server that stops answering costs seconds, not minutes of retries
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    # MLflow's usage telemetry costs every client call a record (a third of a short trial's MLflow time here)
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
 def start_ray(config: ExperimentConfig) -> None:
@@ -199,7 +202,13 @@ def remaining_work(study: Study, rows: list[dict[str, Any]]) -> Study:
 
 
 def _tuner(
-    study: Study, config: ExperimentConfig, directory: Path, state: dict[str, Any], say: Callable[[str], None]
+    study: Study,
+    config: ExperimentConfig,
+    directory: Path,
+    state: dict[str, Any],
+    say: Callable[[str], None],
+    opening: Future | None = None,
+    opened: Callable[[Tracking], None] | None = None,
 ) -> tuple[Any, Study]:
     """The Tuner that runs (or continues) a study, and the study it runs (less, after a torn Tune state)."""
     from ray import tune
@@ -227,9 +236,12 @@ def _tuner(
             restart_errored=False,
         )
         return restored, study
-    tracking = Tracking(**state["tracking"])
+    record = state["tracking"]
+    tracking = opening if opening is not None and record["parent_run_id"] is None else Tracking(**record)
     callbacks = [
-        TrialRecorder(str(directory), study.key, tracking, state["config_hash"]),
+        TrialRecorder(
+            str(directory), study.key, tracking, state["config_hash"], uri=record["uri"], on_opened=opened
+        ),
         ProgressLine(
             study.key, config.metric, "max" if config.metric == "val_acc" else "min", study.expected_trials
         ),
@@ -261,8 +273,42 @@ def _tuner(
     return fresh, study
 
 
-def create_experiment(config: ExperimentConfig) -> Path:
-    """Make the experiment directory, the MLflow experiment and parent run, and the saved state; start nothing."""
+def _tracking_record(tracking: Tracking) -> dict[str, Any]:
+    return {
+        "uri": tracking.uri,
+        "experiment_id": tracking.experiment_id,
+        "parent_run_id": tracking.parent_run_id,
+        "source": dict(tracking.source),
+    }
+
+
+def _open_tracking(config: ExperimentConfig, directory: Path, uri: str, source: dict[str, str]) -> Tracking:
+    """The MLflow experiment (made or found) and this widthtune experiment's parent run."""
+    return open_parent_run(
+        uri,
+        config.name,
+        directory / "mlartifacts",
+        run_name=f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+        tags={"widthtune.kind": config.kind, "widthtune.dir": str(directory)},
+        source=source,
+    )
+
+
+def _record_tracking(directory: Path, state: dict[str, Any], tracking: Tracking) -> None:
+    """The opened parent run's ids into the saved state (from the main thread, the state's only writer)."""
+    if state["tracking"]["parent_run_id"] is None:
+        state["tracking"] = _tracking_record(tracking)
+        _write_state(directory, state)
+
+
+def create_experiment(
+    config: ExperimentConfig, pool: ThreadPoolExecutor | None = None
+) -> tuple[Path, Future | None]:
+    """Make the experiment directory, the MLflow experiment and parent run, and the saved state; start nothing.
+
+    With a `pool`, the default sqlite store (whose import and migrations take seconds) opens there while Tune
+    starts: the state then records the parent run's ids as pending (None), and the returned future gives them.
+    """
     directory = experiment_dir(config)
     if (directory / EXPERIMENT_FILE).exists():
         raise ExperimentExistsError(
@@ -273,14 +319,13 @@ def create_experiment(config: ExperimentConfig) -> Path:
     route_library_logs(directory)
     (directory / "config.yaml").write_text(yaml.safe_dump(config.as_dict(), sort_keys=False))
     uri = config.tracking_uri or sqlite_uri(directory)
-    tracking = open_parent_run(
-        uri,
-        config.name,
-        directory / "mlartifacts",
-        run_name=f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}",
-        tags={"widthtune.kind": config.kind, "widthtune.dir": str(directory)},
-        source=source_tags(config.digest()),
-    )
+    source = source_tags(config.digest())
+    opening = None
+    if pool is not None and not config.tracking_uri:
+        opening = pool.submit(_open_tracking, config, directory, uri, source)
+        record = {"uri": uri, "experiment_id": None, "parent_run_id": None, "source": source}
+    else:
+        record = _tracking_record(_open_tracking(config, directory, uri, source))
     studies = plan_studies(config)
     state = {
         "format": FORMAT,
@@ -290,28 +335,29 @@ def create_experiment(config: ExperimentConfig) -> Path:
         "created": time.time(),
         "config": config.as_dict(),
         "config_hash": config.digest(),
-        "tracking": {
-            "uri": tracking.uri,
-            "experiment_id": tracking.experiment_id,
-            "parent_run_id": tracking.parent_run_id,
-            "source": dict(tracking.source),
-        },
+        "tracking": record,
         "tune_storage": tune_storage(config, directory),
         "studies": {s.key: "pending" for s in studies},
         "artifacts": {},
     }
     _write_state(directory, state)
-    return directory
+    return directory, opening
 
 
 def _run_study(
-    study: Study, config: ExperimentConfig, directory: Path, state: dict[str, Any], say: Callable[[str], None]
+    study: Study,
+    config: ExperimentConfig,
+    directory: Path,
+    state: dict[str, Any],
+    say: Callable[[str], None],
+    opening: Future | None = None,
+    opened: Callable[[Tracking], None] | None = None,
 ) -> None:
     """One study through Tune (restored when it was interrupted); marked done in the state once every trial ended."""
     state["studies"][study.key] = "running"
     _write_state(directory, state)
     say(f"study {study.key}: {study.method}, search {study.search.name}, scheduler {study.scheduler.name}")
-    tuner, study = _tuner(study, config, directory, state, say)
+    tuner, study = _tuner(study, config, directory, state, say, opening, opened)
     if tuner is None:  # nothing left to run
         state["studies"][study.key] = "done"
         _write_state(directory, state)
@@ -438,8 +484,14 @@ def _prepared(
     return dataclasses.replace(study, needs={})
 
 
-def execute(directory: Path, say: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run (or continue) every study that is not done; returns the final state."""
+def execute(
+    directory: Path, say: Callable[[str], None] = print, opening: Future | None = None
+) -> dict[str, Any]:
+    """Run (or continue) every study that is not done; returns the final state.
+
+    `opening`: the parent run still opening on another thread (a new experiment's); without it, a state whose
+    parent run never finished opening (its driver was stopped in those seconds) gets one now.
+    """
     directory = Path(directory).expanduser().resolve()
     state = read_state(directory)
     config = validate_config(state["config"])
@@ -453,23 +505,37 @@ def execute(directory: Path, say: Callable[[str], None] = print) -> dict[str, An
         say(f"stopped {len(stopped)} processes a killed earlier run of this experiment left running")
     start_ray(config)
     remember_ray_session(directory)
-    tracking = Tracking(**state["tracking"])
-    guard = TrackingGuard(tracking.uri, directory)
+    record = state["tracking"]
+    guard = TrackingGuard(record["uri"], directory)
     guard.reset()
-    guard.call(tracking.client().update_run, tracking.parent_run_id, status="RUNNING")
-    for planned in plan_studies(config):
-        if state["studies"].get(planned.key, "pending") in ("done", "failed"):
-            continue
-        study = _prepared(planned, config, directory, state, say)
-        if study is None:
-            continue
-        if any(d.kind == "grid" and not d.values for d in study.domains.values()):
-            state["studies"][study.key] = "done"  # nothing to run (e.g. no transfer points)
-            _write_state(directory, state)
-            continue
-        _run_study(study, config, directory, state, say)
+    if record["parent_run_id"] is None and opening is None:
+        _record_tracking(directory, state, _open_tracking(config, directory, record["uri"], record["source"]))
+    elif opening is None:
+        tracking = Tracking(**record)
+        guard.call(tracking.client().update_run, tracking.parent_run_id, status="RUNNING")
+
+    def opened(tracking: Tracking) -> None:
+        _record_tracking(directory, state, tracking)
+
+    try:
+        for planned in plan_studies(config):
+            if state["studies"].get(planned.key, "pending") in ("done", "failed"):
+                continue
+            if planned.needs and opening is not None:  # an artifact's own records need the parent run
+                opened(opening.result())
+            study = _prepared(planned, config, directory, state, say)
+            if study is None:
+                continue
+            if any(d.kind == "grid" and not d.values for d in study.domains.values()):
+                state["studies"][study.key] = "done"  # nothing to run (e.g. no transfer points)
+                _write_state(directory, state)
+                continue
+            _run_study(study, config, directory, state, say, opening, opened)
+    finally:
+        if opening is not None:
+            opened(opening.result())
     write_report(directory)
-    guard.call(close_parent_run, tracking, directory / "report", directory / "results")
+    guard.call(close_parent_run, Tracking(**state["tracking"]), directory / "report", directory / "results")
     return state
 
 
@@ -481,7 +547,9 @@ def run_experiment(config: ExperimentConfig, say: Callable[[str], None] = print)
         except ValueError as error:
             raise ConfigError(str(error)) from None
     start_ray(config)
-    directory = create_experiment(config)
-    say(f"experiment {config.name}: {directory}")
-    execute(directory, say)
+    # one thread: the default MLflow store migrates there while Tune starts the first trials
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="widthtune-mlflow") as pool:
+        directory, opening = create_experiment(config, pool)
+        say(f"experiment {config.name}: {directory}")
+        execute(directory, say, opening)
     return directory

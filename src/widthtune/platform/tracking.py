@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import getpass
+import json
 import re
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from widthtune.analysis.report import comparison
+from widthtune.results.files import EXPERIMENT_FILE
 from widthtune.results.store import read_trials
 
 PARENT_TAG = "mlflow.parentRunId"
@@ -44,6 +46,11 @@ class Tracking:
     def client(self) -> MlflowClient:
         """A client for this store (cheap; made where it is used, never global)."""
         return MlflowClient(tracking_uri=self.uri)
+
+
+def saved_tracking(directory: Path | str) -> Tracking:
+    """The experiment's tracking as its saved state records it (what a recorder that Tune restored reads)."""
+    return Tracking(**json.loads((Path(directory) / EXPERIMENT_FILE).read_text())["tracking"])
 
 
 def sqlite_uri(directory: Path) -> str:
@@ -124,7 +131,8 @@ class TrialRuns:
     """Child runs keyed by trial; finds an existing run after a resume, and never logs an epoch twice.
 
     The experiment's existing trial runs are listed once, on first use, so a new trial's run is created without a
-    search; what was logged at a run's creation is remembered, so closing it needs no read back.
+    search; what was logged at a run's creation is remembered, so closing it needs no read back. A new run's params
+    travel with its first epoch's metrics (or its outcome), one round-trip fewer per trial.
     """
 
     def __init__(self, tracking: Tracking) -> None:
@@ -133,6 +141,7 @@ class TrialRuns:
         self.run_ids: dict[str, str] = {}
         self.logged_epoch: dict[str, int] = {}
         self.logged_params: dict[str, set[str]] = {}
+        self.unsent: dict[str, list[Param]] = {}  # a new run's params, sent with its next batch
         self.created = 0  # runs this object created (a backfill counts what was missing)
         self._existing: dict[str, str] | None = None
 
@@ -156,13 +165,15 @@ class TrialRuns:
         return self._existing
 
     def run_for(self, key: str, name: str, tags: Mapping[str, str], params: Mapping[str, Any]) -> str:
-        """The trial's child run: found by its key tag, else created with its params and tags."""
+        """The trial's child run: found by its key tag (its missing params then queued), else created with its
+        tags, its params queued for the next batch."""
         if key in self.run_ids:
             return self.run_ids[key]
         run_id = self._existing_runs().get(key)
         if run_id is not None:
             history = self.client.get_metric_history(run_id, "epoch")
             self.logged_epoch[key] = max((int(m.value) for m in history), default=0)
+            held = set(self.client.get_run(run_id).data.params)
         else:
             run = self.client.create_run(
                 self.tracking.experiment_id,
@@ -176,12 +187,14 @@ class TrialRuns:
             )
             run_id = run.info.run_id
             self.created += 1
-            items = [Param(k, _param_value(v)) for k, v in sorted(params.items()) if v is not None]
-            for start in range(0, len(items), 100):
-                self.client.log_batch(run_id, params=items[start : start + 100])
             self.logged_epoch[key] = 0
-            self.logged_params[key] = {p.key for p in items}
+            held = set()
             self._existing_runs()[key] = run_id
+        items = [
+            Param(k, _param_value(v)) for k, v in sorted(params.items()) if v is not None and k not in held
+        ]
+        self.unsent[key] = items
+        self.logged_params[key] = held | {p.key for p in items}
         self.run_ids[key] = run_id
         return run_id
 
@@ -190,8 +203,22 @@ class TrialRuns:
         if epoch <= self.logged_epoch.get(key, 0):
             return
         items = [Metric(k, float(v), timestamp_ms, epoch) for k, v in metrics.items()]
-        self.client.log_batch(self.run_ids[key], metrics=items)
+        self._send(key, metrics=items)
         self.logged_epoch[key] = epoch
+
+    def _send(
+        self,
+        key: str,
+        metrics: Sequence[Metric] = (),
+        params: Sequence[Param] = (),
+        tags: Sequence[RunTag] = (),
+    ) -> None:
+        """One batch with the run's unsent params in front (MLflow takes at most 100 params a batch)."""
+        params = [*self.unsent.pop(key, []), *params]
+        run_id = self.run_ids[key]
+        self.client.log_batch(run_id, metrics=list(metrics), params=params[:100], tags=list(tags))
+        for start in range(100, len(params), 100):
+            self.client.log_batch(run_id, params=params[start : start + 100])
 
     def finish(
         self,
@@ -207,19 +234,28 @@ class TrialRuns:
         FAILED. Params logged here (the trained widths) are those not logged at the run's start.
         """
         run_id = self.run_ids[key]
-        if key not in self.logged_params:  # a run found after a resume: what it already holds
-            self.logged_params[key] = set(self.client.get_run(run_id).data.params)
         logged = self.logged_params[key]
         items = [Param(k, _param_value(v)) for k, v in sorted((params or {}).items()) if k not in logged]
-        run_tags = [RunTag(k, _param_value(v)) for k, v in tags.items()]
-        self.client.log_batch(run_id, params=items[:100], tags=run_tags)
-        for start in range(100, len(items), 100):
-            self.client.log_batch(run_id, params=items[start : start + 100])
+        self._send(key, params=items, tags=[RunTag(k, _param_value(v)) for k, v in tags.items()])
         logged.update(p.key for p in items)
-        for path in artifacts:
-            self.client.log_artifact(run_id, str(path))
+        log_files(self.client, run_id, artifacts)
         mlflow_status = "FAILED" if status == "errored" else "FINISHED"
         self.client.set_terminated(run_id, status=mlflow_status)
+
+
+def log_files(
+    client: MlflowClient, run_id: str, paths: Sequence[Path], artifact_path: str | None = None
+) -> None:
+    """Attach files to a run: one call for a folder that holds exactly these files (a round-trip per file
+    costs a short trial more than its MLflow metrics do), else one call per file."""
+    folders = {Path(p).parent for p in paths}
+    if len(folders) == 1 and len(paths) > 1:
+        folder = folders.pop()
+        if sorted(folder.iterdir()) == sorted(Path(p) for p in paths):
+            client.log_artifacts(run_id, str(folder), artifact_path=artifact_path)
+            return
+    for path in paths:
+        client.log_artifact(run_id, str(path), artifact_path=artifact_path)
 
 
 class TrackingGuard:
@@ -287,7 +323,6 @@ def close_parent_run(tracking: Tracking, report: Path, results: Path) -> None:
     items = [Metric(k, v, stamp, 0) for k, v in sorted(metrics.items())]
     for start in range(0, len(items), 500):
         client.log_batch(tracking.parent_run_id, metrics=items[start : start + 500])
-    for path in sorted(report.iterdir()) if report.is_dir() else []:
-        if path.is_file():
-            client.log_artifact(tracking.parent_run_id, str(path), artifact_path="report")
+    files = [path for path in sorted(report.iterdir()) if path.is_file()] if report.is_dir() else []
+    log_files(client, tracking.parent_run_id, files, artifact_path="report")
     client.set_terminated(tracking.parent_run_id, status="FINISHED")
