@@ -7,8 +7,8 @@ import time
 import pytest
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
+from model_checks import assert_cost_exact, randomize_norms
 from widthtune.models import SpecError, Widths, WidthsError, channel_space, input_shape, materialize
 from widthtune.models.cost import CostModel
 from widthtune.models.inherit import inherit_weights, kept_widths, mask_channels, pad_linked_groups
@@ -89,16 +89,6 @@ def random_widths(space, seed, low, high):
     return Widths.from_mapping(space, {g.name: g.base * rng.uniform(low, high) for g in space}, round=True)
 
 
-def assert_cost_exact(spec, widths, cost_model):
-    model = materialize(spec, widths, seed=0).eval()
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(torch.zeros(input_shape(spec)))
-    cost = cost_model.evaluate(widths)
-    assert cost.macs == counter.get_total_flops() // 2
-    assert cost.params == sum(p.numel() for p in model.parameters())
-    return model
-
-
 def test_a_conv_added_to_a_concatenation_writes_its_groups_in_order(models):
     space = channel_space(spec_of(models, "ConcatAfterAdd"))
     assert [(g.name, g.base) for g in space] == [
@@ -148,19 +138,6 @@ def bn_relu_elements(model, shape):
     return sum(counted)
 
 
-def randomized(model, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                shape = module.weight.shape
-                module.weight.copy_(torch.randn(shape, generator=generator))
-                module.bias.copy_(torch.randn(shape, generator=generator))
-                module.running_mean.copy_(0.1 * torch.randn(shape, generator=generator))
-                module.running_var.copy_(0.5 + torch.rand(shape, generator=generator))
-    return model.eval()
-
-
 def random_kept(space, seed, groups=None, share=0.5):
     generator = torch.Generator().manual_seed(seed)
     kept = {}
@@ -173,7 +150,7 @@ def random_kept(space, seed, groups=None, share=0.5):
 
 def assert_inherited_equals_masked(spec, kept, resolution):
     space = channel_space(spec)
-    original = randomized(materialize(spec, seed=0))
+    original = randomize_norms(materialize(spec, seed=0))
     small = materialize(spec, kept_widths(space, kept))
     small.load_state_dict(inherit_weights(original, space, kept), strict=True)
     masked = mask_channels(original, space, kept)

@@ -4,8 +4,8 @@ import random
 
 import pytest
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
+from model_checks import assert_cost_exact, randomize_norms
 from widthtune.models import SpecError, Widths, channel_space, input_shape, materialize
 from widthtune.models.cost import CostModel
 from widthtune.models.dependency import dependency_space
@@ -69,25 +69,14 @@ def test_random_widths_cost_exactly(low, high):
     widths = Widths.from_mapping(
         cost_model.space, {g.name: g.base * rng.uniform(low, high) for g in cost_model.space}, round=True
     )
-    model = materialize(spec, widths, seed=0).eval()
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(torch.zeros(input_shape(spec)))
-    cost = cost_model.evaluate(widths)
-    assert cost.macs == counter.get_total_flops() // 2
-    assert cost.params == sum(p.numel() for p in model.parameters())
+    assert_cost_exact(spec, widths, cost_model)
 
 
 def test_pruned_densenet_inherits_every_concatenated_slice():
     spec = "densenet_cifar:depth=16,growth=6,bottleneck=true,compression=0.5,resolution=16"
     space = channel_space(spec)
     generator = torch.Generator().manual_seed(0)
-    original = materialize(spec, seed=0)
-    with torch.no_grad():
-        for module in original.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.weight.copy_(torch.randn(module.weight.shape, generator=generator))
-                module.bias.copy_(torch.randn(module.bias.shape, generator=generator))
-                module.running_var.copy_(0.5 + torch.rand(module.running_var.shape, generator=generator))
+    original = randomize_norms(materialize(spec, seed=0))
     kept = {
         g.name: sorted(torch.randperm(g.base, generator=generator)[: max(1, g.base // 2)].tolist())
         for g in space

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from model_checks import randomize_norms
 from widthtune.models.inherit import (
     check_pad_shortcuts,
     complete_kept,
@@ -27,17 +28,7 @@ MOBILENET = "mobilenet_v2:width=0.25,resolution=16"
 
 def randomized(spec, seed=0):
     """A base model whose BN affines and running statistics are far from their defaults."""
-    model = materialize(spec, seed=seed)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                shape = module.weight.shape
-                module.weight.copy_(torch.randn(shape, generator=generator))
-                module.bias.copy_(torch.randn(shape, generator=generator))
-                module.running_mean.copy_(0.1 * torch.randn(shape, generator=generator))
-                module.running_var.copy_(0.5 + torch.rand(shape, generator=generator))
-    return model.eval()
+    return randomize_norms(materialize(spec, seed=seed), seed)
 
 
 def random_kept(space, seed=0, share=0.5, groups=None):

@@ -4,9 +4,9 @@ import random
 
 import pytest
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
-from widthtune.models import SpecError, Widths, channel_space, input_shape, materialize
+from model_checks import assert_cost_exact, randomize_norms
+from widthtune.models import SpecError, Widths, channel_space, materialize
 from widthtune.models.cost import CostModel
 from widthtune.models.inherit import inherit_weights, kept_widths, mask_channels
 from widthtune.trainables import slimming
@@ -41,12 +41,7 @@ def test_random_widths_cost_exactly(select, low, high):
     for name, source in selected_from(space).items():
         raw[name] = min(raw[name], raw[source])  # a selection takes at most the channels it reads
     widths = Widths.from_mapping(space, raw)
-    model = materialize(spec, widths, seed=0).eval()
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(torch.zeros(input_shape(spec)))
-    cost = cost_model.evaluate(widths)
-    assert cost.macs == counter.get_total_flops() // 2
-    assert cost.params == sum(p.numel() for p in model.parameters())
+    assert_cost_exact(spec, widths, cost_model)
 
 
 def test_without_selections_each_bn_joins_the_stream_it_reads():
@@ -66,13 +61,7 @@ def test_a_selection_wider_than_its_stream_is_refused_naming_both():
 def test_pruned_selections_inherit_exactly(prune_streams):
     space = channel_space(SMALL)
     generator = torch.Generator().manual_seed(1)
-    original = materialize(SMALL, seed=0)
-    with torch.no_grad():
-        for module in original.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.weight.copy_(torch.randn(module.weight.shape, generator=generator))
-                module.bias.copy_(torch.randn(module.bias.shape, generator=generator))
-                module.running_var.copy_(0.5 + torch.rand(module.running_var.shape, generator=generator))
+    original = randomize_norms(materialize(SMALL, seed=0), seed=1)
 
     def some(channels, share=0.6):
         order = torch.randperm(len(channels), generator=generator).tolist()
