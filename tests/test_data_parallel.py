@@ -249,26 +249,6 @@ def streamed(tree):
 
 
 @pytest.mark.slow
-def test_a_two_worker_trial_on_streamed_files_lands_in_the_single_process_band(tmp_path):
-    tree = write_jpeg_tree(tmp_path / "jpegs")
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    train = {"epochs": 4, "batch_size": 32, "lr": 0.05, "augment": "flip"}
-    for name, resources in (("single", {"cpu": 1}), ("ddp", {"workers": 2, "cpu_per_worker": 1})):
-        path = experiment(tmp_path, name, resources, data=streamed(tree), train=train)
-        done = subprocess.run([*COMMAND, str(path)], env=env, capture_output=True, text=True)
-        assert done.returncode == 0, done.stderr[-3000:]
-    (alone,) = read_trials(tmp_path / "single")
-    (parallel,) = read_trials(tmp_path / "ddp")
-    assert parallel["status"] == "completed" and parallel["epochs_trained"] == 4, parallel["error"]
-    assert parallel["macs"] == alone["macs"]
-    assert alone["final_test_acc"] >= 0.5, alone["final_test_acc"]  # ten hues; chance is 0.1
-    assert abs(parallel["final_test_acc"] - alone["final_test_acc"]) <= 0.15, (
-        parallel["final_test_acc"],
-        alone["final_test_acc"],
-    )
-
-
-@pytest.mark.slow
 def test_a_deterministic_error_in_a_two_worker_trial_is_retried_by_tune_alone(tmp_path):
     """A file that is no JPEG fails the epoch on the worker that reads it, every time: with `max_failures: 1` the
     trial runs twice in all (two worker groups), not once more per Ray Train retry, and ends errored with the

@@ -224,7 +224,9 @@ def test_driver_killed_mid_sweep_then_resumed_completes_every_trial_once(tmp_pat
     assert session_processes(session) == []  # what the killed driver's Ray left running was stopped
     rows = read_trials(results)
     assert len(rows) == 4 and len({r["trial_id"] for r in rows}) == 4
-    assert all(r["status"] == "completed" and r["epochs_trained"] == 8 for r in rows)
+    assert all(r["status"] == "completed" and r["epochs_trained"] == 8 for r in rows), [
+        (r["status"], r["epochs_trained"], r["error"]) for r in rows
+    ]
     epochs = read_epochs(results)
     for row in rows:
         assert sorted(e["epoch"] for e in epochs if e["trial_key"] == row["trial_key"]) == list(range(1, 9))

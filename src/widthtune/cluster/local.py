@@ -183,16 +183,20 @@ def node_processes(temp_dir: Path) -> list[int]:
 
 
 def stop_local_cluster(temp_dir: Path, grace: float = 10.0) -> list[int]:
-    """End the cluster's own processes (SIGTERM, then SIGKILL after `grace`); returns their ids."""
+    """End the cluster's own processes (SIGTERM, then SIGKILL after `grace`) and wait until they are gone.
+
+    Processes that start while the cluster shuts down (a raylet restarting a worker) get the same signals.
+    """
     pids = node_processes(temp_dir)
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and node_processes(temp_dir):
-        time.sleep(0.2)
-    for pid in node_processes(temp_dir):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    ended: set[tuple[int, int]] = set()
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
+        deadline = time.monotonic() + wait
+        while (left := node_processes(temp_dir)) and time.monotonic() < deadline:
+            for pid in left:
+                if (pid, sig) not in ended:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, sig)
+                    ended.add((pid, sig))
+            time.sleep(0.2)
     (Path(temp_dir) / STATE_FILE).unlink(missing_ok=True)
     return pids

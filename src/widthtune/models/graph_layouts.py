@@ -629,6 +629,8 @@ def trace_channels(model: nn.Module, example: torch.Tensor) -> Trace:
             graph = _TracedGraph()
             try:
                 graph.module2node = graph.trace(copied, batch, training=False)
+            except RuntimeError:  # the model does not run on this input: the caller says so
+                raise
             except Exception as error:  # Torch-Pruning's trace of a forward it cannot follow
                 raise UnsupportedModelError(
                     f"its forward pass cannot be traced ({type(error).__name__}: {_first_line(error)})"
