@@ -13,13 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from mlflow.tracking import MlflowClient
 
-from jpeg_tree import write_jpeg_tree
 from widthtune.platform.config import ConfigError, validate_config
-from widthtune.platform.runner import read_state
 from widthtune.results.store import read_epochs, read_trials
-from widthtune.trainables.adapter import FAILURES_FILE
 from widthtune.trainables.data_parallel import lost_infrastructure, raised_by_the_code
 from widthtune.training import DataSpec, load_dataset
 from widthtune.training.data_parallel import Shard, ShardedBatches
@@ -105,32 +101,6 @@ def experiment(tmp_path, name, resources, **fields):
     return path
 
 
-def alive(pid):
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
-def watch(path, env, deadline_s=540):
-    """Run `widthtune run path`, polling its Train workers: (return code, stderr, every worker seen, the most alive
-    at once)."""
-    run = subprocess.Popen(
-        [*COMMAND, str(path)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
-    seen, most = set(), 0
-    deadline = time.time() + deadline_s
-    while time.time() < deadline and run.poll() is None:
-        workers = {pid for pid in train_workers(run.pid) if alive(pid)}
-        seen |= workers
-        most = max(most, len(workers))
-        time.sleep(0.2)
-    if run.poll() is None:
-        run.send_signal(signal.SIGINT)  # the driver ends its own Ray
-    _, err = run.communicate(timeout=120)
-    return run.returncode, err, seen, most
-
-
 @pytest.mark.slow
 def test_a_two_worker_trial_matches_the_single_process_band_and_resumes_after_its_worker_is_killed(tmp_path):
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
@@ -207,72 +177,6 @@ def test_pbt_is_refused_for_data_parallel_trials():
     with pytest.raises(ConfigError, match="scheduler: pbt copies one trial's checkpoint into another"):
         validate_config({**base, "scheduler": pbt, "resources": {"workers": 2}})
     validate_config({**base, "scheduler": pbt})  # a single-process trial keeps PBT
-
-
-@pytest.mark.slow
-def test_asha_stops_a_two_worker_trial_like_a_single_process_one_and_frees_its_workers(tmp_path):
-    """Grid order: a good trial, one that cannot learn (ASHA stops it at its first rung), then a good one, which
-    can start only once the stopped trial's workers have let go of the two CPUs."""
-    path = experiment(
-        tmp_path,
-        "asha",
-        {"workers": 2, "cpu_per_worker": 1},
-        train={"epochs": 3, "batch_size": 64, "augment": "none", "lr": {"grid": [0.1, 1e-6, 0.1]}},
-        data={"name": "digits", "resolution": 8, "fraction": 0.5},
-        scheduler={"name": "asha", "grace_period": 1, "reduction_factor": 2},
-        # one trial at a time, in grid order: a DDP trial's Tune process holds no CPU, so without a limit every
-        # trial starts at once and their Train runs take the CPUs in no set order
-        search={"name": "grid", "max_concurrent": 1},
-        max_failures=0,
-    )
-    code, err, seen, most = watch(path, {**os.environ, "RAY_AUTH_MODE": "disabled"})
-    assert code == 0, err[-3000:]
-    rows = read_trials(tmp_path / "asha")
-    assert len(rows) == 3, [(r["status"], r["error"]) for r in rows]
-    by_lr = {}
-    for row in rows:
-        by_lr.setdefault(json.loads(row["params_json"])["train.lr"], []).append(row)
-    (stuck,) = by_lr[1e-6]
-    assert stuck["status"] == "stopped" and stuck["epochs_trained"] == 1 and stuck["error"] is None, stuck
-    assert {r["status"] for r in by_lr[0.1]} <= {"completed", "stopped"} and "completed" in {
-        r["status"] for r in by_lr[0.1]
-    }
-    run = MlflowClient(read_state(tmp_path / "asha")["tracking"]["uri"]).get_run(stuck["mlflow_run_id"])
-    assert run.info.status == "FINISHED" and run.data.tags["widthtune.status"] == "stopped"
-    assert len(seen) == 6 and most == 2  # one worker group per trial, never two alive at once
-    assert not [pid for pid in seen if alive(pid)]  # no Train worker outlived the sweep
-
-
-def streamed(tree):
-    """The JPEG tree read from disk batch by batch, in the training process (only its own share under DDP)."""
-    return {"name": "imagefolder", "root": str(tree), "resolution": 16, "loader": "stream", "workers": 0}
-
-
-@pytest.mark.slow
-def test_a_deterministic_error_in_a_two_worker_trial_is_retried_by_tune_alone(tmp_path):
-    """A file that is no JPEG fails the epoch on the worker that reads it, every time: with `max_failures: 1` the
-    trial runs twice in all (two worker groups), not once more per Ray Train retry, and ends errored with the
-    worker's own error."""
-    tree = write_jpeg_tree(tmp_path / "jpegs")
-    (tree / "train" / "class03" / "broken.jpg").write_bytes(b"these bytes are not an image")
-    path = experiment(
-        tmp_path,
-        "broken",
-        {"workers": 2, "cpu_per_worker": 1},
-        data=streamed(tree),
-        train={"epochs": 2, "batch_size": 32, "augment": "none"},
-        max_failures=1,
-        infra_retries=3,
-    )
-    code, err, seen, _ = watch(path, {**os.environ, "RAY_AUTH_MODE": "disabled"})
-    assert code == 1 and "every trial errored (1); the first: UnidentifiedImageError" in err, err[-3000:]
-    (row,) = read_trials(tmp_path / "broken")
-    assert row["status"] == "errored" and row["error"].startswith("UnidentifiedImageError: "), row["error"]
-    assert "broken.jpg" in row["error"]
-    (trial_dir,) = {p.parent for p in (tmp_path / "broken").rglob(FAILURES_FILE)}
-    assert (trial_dir / FAILURES_FILE).read_text() == "2"  # the first run and its one retry
-    assert 2 <= len(seen) <= 4, sorted(seen)  # at most two worker groups of two: Ray Train retried nothing
-    assert not [pid for pid in seen if alive(pid)]
 
 
 def test_a_lost_worker_is_infrastructure_and_an_error_of_the_code_is_the_trials_own():

@@ -60,7 +60,7 @@ def test_without_a_cost_target_every_study_runs_at_the_targets_own_cost(tmp_path
 
 @pytest.mark.slow  # about two minutes each on two cores
 @pytest.mark.usefixtures("local_ray")
-@pytest.mark.parametrize("method", ["dmcp", "morphnet", "autoslim"])
+@pytest.mark.parametrize("method", ["dmcp", "morphnet"])
 def test_a_tiny_transfer_study_runs_each_optimiser_end_to_end(tmp_path, method):
     directory = run_experiment(validate_config(transfer_config(tmp_path, method)), say=lambda line: None)
     rows = read_trials(directory / "results")
