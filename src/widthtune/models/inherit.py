@@ -303,6 +303,12 @@ def channel_cuts(model: nn.Module, space: ChannelSpace, kept: KeptIndices) -> di
     """
     full = complete_kept(space, kept)
     kept_widths(space, full)  # minimums and divisors hold
+    return _cuts(model, space, full)
+
+
+def _cuts(
+    model: nn.Module, space: ChannelSpace, full: Mapping[str, Sequence[int]]
+) -> dict[str, dict[int, Tensor]]:
     return {
         key: {dim: entry.index(full) for dim, entry in dims.items()}
         for key, dims in channel_slices(model, space).items()
@@ -315,8 +321,9 @@ def inherit_weights(model: nn.Module, space: ChannelSpace, kept: KeptIndices) ->
     A concatenation's consumer keeps, for each group it holds, that group's kept channels at the group's
     offset, so every input slice follows its group.
     """
-    cuts = channel_cuts(model, space, kept)
     full = complete_kept(space, kept)
+    kept_widths(space, full)  # minimums and divisors hold
+    cuts = _cuts(model, space, full)
     check_pad_shortcuts(model, space, full)
     _check_shuffles(space, full)
     inherited: dict[str, Tensor] = {}
