@@ -4,11 +4,18 @@ import pytest
 import torch
 from torch import nn
 
-from widthtune.models.hypernet import HypernetError, reparameterize, shrink
+from widthtune.models.hypernet import HypernetError, layout_groups, reparameterize, shrink
 from widthtune.models.registry import channel_space, materialize
 from widthtune.models.widths import Widths
 
-SPECS = ["resnet_cifar:depth=8", "vgg_cifar:depth=11,width=0.25", "mobilenet_v2:width=0.25"]
+SPECS = [
+    "resnet_cifar:depth=8",
+    "vgg_cifar:depth=11,width=0.25",
+    "mobilenet_v2:width=0.25",
+    "densenet_cifar:depth=10,growth=4,resolution=16",  # concatenated inputs and BNs
+    "preresnet_cifar:depth=11,resolution=16",  # channel selections in front of each block's BN
+    "preresnet_cifar:depth=11,select=false,resolution=16",
+]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -48,7 +55,17 @@ def test_kernels_have_the_shapes_of_the_models_weights(pair):
     convs_and_linears = {p for p, m in modules.items() if isinstance(m, nn.Conv2d | nn.Linear)}
     assert {layer.path for layer in hypernet.layers} == convs_and_linears  # the classifier too
     classifier = [layer for layer in hypernet.layers if layer.linear]
-    assert len(classifier) == 1 and classifier[0].out_group is None and classifier[0].in_group is not None
+    assert len(classifier) == 1 and classifier[0].out_layout == ((None, 10),)
+    assert layout_groups(classifier[0].in_layout)
+
+
+def positions(layout, keep, repeat=1):
+    """The kept rows of a dimension laid out as `layout`: each run's kept channels at the run's offset."""
+    kept, offset = [], 0
+    for name, count in layout:
+        kept += [offset + i for i in (keep[name] if name is not None else range(count))]
+        offset += count
+    return [c * repeat + r for c in kept for r in range(repeat)]
 
 
 def test_every_latent_gets_a_gradient(pair):
@@ -67,11 +84,9 @@ def test_shrunk_kernels_equal_the_kept_slices_exactly(pair):
     assert dict(shrunk.widths) == {name: len(keep[name]) for name in keep}
     wide, small = hypernet.kernels(), shrunk.kernels()
     for layer in hypernet.layers:
-        expected = wide[layer.path]
-        if layer.out_group is not None:
-            expected = expected[keep[layer.out_group]]
-        if layer.in_group is not None and not layer.depthwise:
-            expected = expected[:, keep[layer.in_group]]
+        expected = wide[layer.path][positions(layer.out_layout, keep)]
+        if not layer.depthwise:
+            expected = expected[:, positions(layer.in_layout, keep, layer.in_repeat)]
         assert torch.equal(small[layer.path], expected), layer.path
 
 
@@ -127,7 +142,7 @@ def test_initialisation_is_kaiming_fan_in_and_seeded():
 
 def test_bad_shrink_and_embedding_size_are_errors():
     hypernet = reparameterize("resnet_cifar:depth=8", m=1, seed=0)
-    with pytest.raises(HypernetError, match="no channel group"):
+    with pytest.raises(HypernetError, match="unknown groups nope"):
         shrink(hypernet, {"nope": [0]})
     with pytest.raises(HypernetError, match=r"stage1\.stream"):
         shrink(hypernet, {"stage1.stream": [0, 99]})
@@ -135,6 +150,22 @@ def test_bad_shrink_and_embedding_size_are_errors():
         reparameterize("resnet_cifar:depth=8", m=0)
 
 
-def test_a_concatenating_model_is_refused_naming_the_layer():
-    with pytest.raises(HypernetError, match=r"'dense1.1.bn1' holds several channel groups side by side"):
-        reparameterize("densenet_cifar:depth=10,growth=4,resolution=16", m=2, seed=0)
+def test_a_concatenated_input_reads_its_groups_latents_end_to_end():
+    hypernet = reparameterize("densenet_cifar:depth=10,growth=4,resolution=16", m=2, seed=0)
+    layer = next(layer for layer in hypernet.layers if layer.path == "trans1.conv")
+    assert layer.in_layout == (("stem", 8), ("stage1.block1.growth", 4), ("stage1.block2.growth", 4))
+    latents = [hypernet.latents[name] for name, _ in layer.in_layout]
+    with torch.no_grad():
+        z_in = torch.cat(latents)
+        grid = hypernet.latents["stage1.transition"][:, None] * z_in[None, :]
+        expected = sum(
+            (grid * hypernet.w1[layer.path][k])[..., None] * hypernet.w2[layer.path][k] for k in range(2)
+        )
+        torch.testing.assert_close(hypernet.kernel(layer), expected.reshape(layer.shape))
+    assert torch.equal(hypernet.mask(hypernet.norms["trans1.bn"]), (z_in != 0).float())
+
+
+def test_a_selection_of_a_dropped_stream_channel_cannot_be_shrunk():
+    hypernet = reparameterize("preresnet_cifar:depth=11,resolution=16", m=1, seed=0)
+    with pytest.raises(HypernetError, match=r"layer1\.0\.select: selects channels \[0\]"):
+        shrink(hypernet, {"stem": list(range(1, 16))})

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from model_checks import randomize_norms
 from widthtune.models.cost import CostModel
 from widthtune.models.inherit import inherit_weights, mask_channels
 from widthtune.models.registry import canonical_spec, channel_space, materialize
@@ -233,3 +234,39 @@ def test_the_shared_baseline_is_what_is_pruned(shapes, tmp_path):
     ]
     assert found.info["kept"]["conv3"] == sorted(best.tolist()) and found.info["pretrained_artifact"]
     assert found.search_flops == 6 * task.cost_model.base().macs * 3 * len(shapes.train_y)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "densenet_cifar:depth=10,growth=4,resolution=16",  # concatenated inputs follow their groups
+        "preresnet_cifar:depth=11,resolution=16",  # channel selections renumbered
+        "preresnet_cifar:depth=11,select=false,resolution=16",
+    ],
+)
+def test_pruned_concatenating_and_selecting_models_compute_what_the_masked_original_computes(shapes, spec):
+    task = make_task(spec, shapes, ratio=0.5)
+    found = l1_filter.search(task)
+    kept = found.info["kept"]
+    assert any(found.widths[g.name] < g.base for g in task.space)
+    original = randomize_norms(materialize(spec, seed=0))  # what was pruned: no pretraining, same seed
+    small = materialize(spec, found.widths)
+    small.load_state_dict(found.weights, strict=True)
+    small.load_state_dict(inherit_weights(original, task.space, kept), strict=True)
+    masked = mask_channels(original, task.space, kept)
+    with torch.no_grad():
+        torch.testing.assert_close(small.eval()(shapes.test_x[:8]), masked(shapes.test_x[:8]))
+
+
+def test_a_channel_selection_follows_the_stream_it_reads(shapes):
+    spec = "preresnet_cifar:depth=11,resolution=16"
+    found = l1_filter.search(make_task(spec, shapes, ratio=0.5))
+    kept = found.info["kept"]
+    reads = {
+        "stage1.block1.select": "stem",
+        "stage2.block1.select": "stage1.stream",
+        "head.select": "stage3.stream",
+    }
+    for selection, stream in reads.items():
+        assert found.widths[stream] < channel_space(spec)[stream].base
+        assert list(kept[selection]) == list(kept[stream])  # at the base, selection channel i reads channel i

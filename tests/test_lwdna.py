@@ -4,6 +4,7 @@ import json
 import math
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
@@ -18,6 +19,11 @@ from widthtune.training import DataSpec, TrainConfig, load_dataset
 RESNET = "resnet_cifar:depth=8"
 VGG = "vgg_cifar:depth=11,width=0.25"
 MOBILENET = "mobilenet_v2:width=0.25"
+DENSENET = "densenet_cifar:depth=10,growth=4,resolution=16"  # concatenated inputs
+PRERESNET = "preresnet_cifar:depth=11,select=false,resolution=16"
+SELECTING = (
+    "preresnet_cifar:depth=11,resolution=16"  # a channel selection in front of each BN that reads a stream
+)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -30,7 +36,10 @@ def data():
 
 @pytest.fixture(scope="module")
 def cost_models():
-    return {spec: CostModel.from_spec(spec) for spec in (RESNET, VGG, MOBILENET, "resnet_cifar:depth=14")}
+    return {
+        spec: CostModel.from_spec(spec)
+        for spec in (RESNET, VGG, MOBILENET, DENSENET, PRERESNET, SELECTING, "resnet_cifar:depth=14")
+    }
 
 
 def make_task(data, cost_models, spec, fraction=0.5, convention="macs", seed=0, **params):
@@ -51,7 +60,17 @@ def make_task(data, cost_models, spec, fraction=0.5, convention="macs", seed=0, 
 @pytest.mark.parametrize("convention", ["macs", "lwdna"])
 @pytest.mark.parametrize(
     ("spec", "fraction"),
-    [(RESNET, 0.3), (RESNET, 0.5), (RESNET, 0.7), (VGG, 0.3), (VGG, 0.7), (MOBILENET, 0.5), (MOBILENET, 0.8)],
+    [
+        (RESNET, 0.3),
+        (RESNET, 0.5),
+        (RESNET, 0.7),
+        (VGG, 0.3),
+        (VGG, 0.7),
+        (MOBILENET, 0.5),
+        (MOBILENET, 0.8),
+        (DENSENET, 0.5),
+        (PRERESNET, 0.5),
+    ],
 )
 def test_cost_target_is_met_within_a_tenth_of_a_percent(data, cost_models, spec, fraction, convention):
     task = make_task(data, cost_models, spec, fraction, convention, m=2)  # m does not change the widths' cost
@@ -117,9 +136,10 @@ def test_result_is_non_uniform_on_digits(data, cost_models):
     assert max(ratios.values()) > 1.0  # some groups grow beyond the base: the point of widening first
 
 
-def test_hypernet_init_weights_load_strictly_and_reproduce_the_shrunk_hypernetwork(data, cost_models):
+@pytest.mark.parametrize("spec", [MOBILENET, DENSENET, PRERESNET])
+def test_hypernet_init_weights_load_strictly_and_reproduce_the_shrunk_hypernetwork(data, cost_models, spec):
     """Eval mode on both sides: BN uses the carried running statistics (the initial 0 and 1)."""
-    task = make_task(data, cost_models, MOBILENET, 0.6, init="hypernet", m=4)
+    task = make_task(data, cost_models, spec, 0.6, init="hypernet", m=4)
     result = lwdna.search(task)
     model = materialize(task.model, result.widths)
     model.load_state_dict(result.weights, strict=True)
@@ -129,6 +149,18 @@ def test_hypernet_init_weights_load_strictly_and_reproduce_the_shrunk_hypernetwo
     x = data.test_x[:16]
     with torch.no_grad():
         assert torch.equal(model.eval()(x), shrunk.eval()(x))
+
+
+def test_kept_selections_read_only_kept_channels_and_keep_their_width():
+    scores = {"stream": np.array([5.0, 4, 3, 2, 1, 0]), "select": np.array([0.0, 9, 8, 7, 6, 5])}
+    kept = {"stream": [0, 1, 2, 4], "select": [1, 2, 3]}
+    reads = {"select": ("stream", (0, 1, 2, 3, 4, 5))}  # select channel i reads stream channel i
+    assert lwdna.readable(kept, scores, reads) == {"stream": [0, 1, 2, 4], "select": [1, 2, 4]}
+
+
+def test_a_selection_wider_than_what_it_reads_is_refused_with_what_to_build(data, cost_models):
+    with pytest.raises(ValueError, match=r"head\.select keeps .* select=false"):
+        lwdna.search(make_task(data, cost_models, SELECTING, 0.5, m=2))
 
 
 def test_search_flops_info_and_determinism(data, cost_models):

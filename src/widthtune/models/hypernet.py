@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from widthtune.models.inherit import channel_cuts, complete_kept, inherit_weights
 from widthtune.models.registry import canonical_spec, channel_space, materialize
 from widthtune.models.space import ChannelSpace
 from widthtune.models.spec import ModelSpec
@@ -38,14 +39,25 @@ class HypernetError(ValueError):
     """A model holds a layer the hypernetwork cannot generate; the message names it."""
 
 
+Layout = tuple[tuple[str | None, int], ...]
+"""A layer dimension's channels in order: runs of one group's channels (its name) or of channels no group owns
+(None: the image, the classes, a depthwise input), each with its count at the hypernetwork's widths. A
+concatenation's consumer has several runs; every other dimension has one."""
+
+
+def layout_groups(layout: Layout) -> tuple[str, ...]:
+    """The groups a layout holds, in channel order."""
+    return tuple(name for name, _ in layout if name is not None)
+
+
 @dataclass(frozen=True)
 class HyperLayer:
     """One generated conv/linear: which latents index its output and input rows, and its kernel's shape."""
 
     path: str
     shape: tuple[int, ...]  # the module's weight shape
-    out_group: str | None  # None: a fixed latent of ones (e.g. the classes)
-    in_group: str | None  # None: a fixed latent of ones (e.g. the image's channels, a depthwise input)
+    out_layout: Layout
+    in_layout: Layout  # a depthwise conv's single input: ((None, 1),)
     in_repeat: int = 1  # a linear reading a flattened C x H x W input sees each channel in_repeat times
     linear: bool = False
     depthwise: bool = False
@@ -85,24 +97,29 @@ class Hypernet:
     layers: tuple[HyperLayer, ...]
     w1: Mapping[str, Tensor]
     w2: Mapping[str, Tensor]
-    norms: Mapping[str, str | None]  # BN path -> the group whose latent masks it
+    norms: Mapping[str, Layout]  # BN path -> the latents that mask its channels
 
     @property
     def m(self) -> int:
         """Embedding size."""
         return next(iter(self.w1.values())).shape[0]
 
-    def _latent(self, group: str | None, length: int, repeat: int = 1) -> Tensor:
-        if group is None:
-            reference = next(iter(self.latents.values()))
-            return torch.ones(length, dtype=reference.dtype, device=reference.device)
-        latent = self.latents[group]
+    def _latent(self, layout: Layout, repeat: int = 1) -> Tensor:
+        """A dimension's latent: its groups' latents end to end, ones where no group owns the channels."""
+        reference = next(iter(self.latents.values()))
+        pieces = [
+            self.latents[name]
+            if name is not None
+            else torch.ones(count, dtype=reference.dtype, device=reference.device)
+            for name, count in layout
+        ]
+        latent = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
         return latent.repeat_interleave(repeat) if repeat > 1 else latent
 
     def kernel(self, layer: HyperLayer) -> Tensor:
         """The layer's weight: O[i, j] = W2[i, j] . (z_out[i] z_in[j] W1[i, j]), all elementwise."""
-        z_out = self._latent(layer.out_group, layer.rows)
-        z_in = self._latent(layer.in_group, layer.cols, layer.in_repeat)
+        z_out = self._latent(layer.out_layout)
+        z_in = self._latent(layer.in_layout, layer.in_repeat)
         grid = z_out[:, None] * z_in[None, :]  # (n, c); no matmul, so slices reproduce it bit for bit
         w1, w2 = self.w1[layer.path], self.w2[layer.path]
         out = (grid * w1[0])[..., None] * w2[0]
@@ -114,19 +131,19 @@ class Hypernet:
         """Every generated conv/linear weight by module path."""
         return {layer.path: self.kernel(layer) for layer in self.layers}
 
-    def mask(self, group: str | None) -> Tensor | None:
-        """1 where the group's latent is nonzero (None if ungrouped): what BN affines are masked by."""
-        if group is None:
+    def mask(self, layout: Layout) -> Tensor | None:
+        """1 where the layout's latents are nonzero (None if no group owns it): what BN affines are masked by."""
+        if not layout_groups(layout):
             return None
-        latent = self.latents[group].detach()
+        latent = self._latent(layout).detach()
         return (latent != 0).to(latent.dtype)
 
     def generated(self) -> dict[str, Tensor]:
         """The tensors that replace the carrier's parameters: generated kernels and masked BN affines."""
         tensors = {f"{path}.weight": weight for path, weight in self.kernels().items()}
         modules = dict(self.model.named_modules())
-        for path, group in self.norms.items():
-            mask = self.mask(group)
+        for path, layout in self.norms.items():
+            mask = self.mask(layout)
             norm = modules[path]
             for name in ("weight", "bias"):
                 param = getattr(norm, name, None)
@@ -170,14 +187,7 @@ class Hypernet:
 
 
 def _layers(model: nn.Module, space: ChannelSpace, widths: Widths) -> tuple[tuple[HyperLayer, ...], dict]:
-    """Read every conv/linear's latent sources and every BN's masking group off the channel space."""
-    owners = {key: space.groups[i].name for key, i in space.member_groups().items()}
-    if space.concats:
-        concat = space.concats[0]
-        raise HypernetError(
-            f"{concat.path!r} holds several channel groups side by side (a concatenation); the hypernetwork "
-            "generates layers whose every dimension is one group"
-        )
+    """Read every conv/linear's latent layouts and every BN's masking layout off the channel space."""
     for group in space:
         for member in group.members:
             if member.kind == "param":
@@ -185,25 +195,49 @@ def _layers(model: nn.Module, space: ChannelSpace, widths: Widths) -> tuple[tupl
                     f"group {group.name!r} owns raw parameter {member.path!r}; "
                     "the hypernetwork generates conv and linear kernels only"
                 )
+    layouts: dict[tuple[str, str], Layout] = {
+        key: tuple(
+            (None, count) if group is None else (space.groups[group].name, widths[space.groups[group].name])
+            for group, count in parts
+        )
+        for key, parts in space.layouts().items()
+    }
+
+    def layout(path: str, kind: str, size: int) -> Layout:
+        return layouts.get((path, kind), ((None, size),))
+
     layers, norms = [], {}
     for path, module in model.named_modules():
-        out_group, in_group = owners.get((path, "out")), owners.get((path, "in"))
+        owned = (path, "out") in layouts or (path, "in") in layouts
         if isinstance(module, nn.Conv2d):
+            rows, cols = module.weight.shape[:2]
             if is_depthwise(module):
-                group = out_group or in_group
-                layers.append(HyperLayer(path, tuple(module.weight.shape), group, None, depthwise=True))
+                out = layouts.get((path, "out")) or layout(path, "in", rows)
+                layers.append(HyperLayer(path, tuple(module.weight.shape), out, ((None, 1),), depthwise=True))
                 continue
             if module.groups != 1:
                 raise HypernetError(f"{path}: grouped conv ({module.groups} groups) cannot be generated")
-            layers.append(HyperLayer(path, tuple(module.weight.shape), out_group, in_group))
-        elif isinstance(module, nn.Linear):
-            repeat = module.in_features // widths[in_group] if in_group else 1
             layers.append(
-                HyperLayer(path, tuple(module.weight.shape), out_group, in_group, repeat, linear=True)
+                HyperLayer(
+                    path, tuple(module.weight.shape), layout(path, "out", rows), layout(path, "in", cols)
+                )
+            )
+        elif isinstance(module, nn.Linear):
+            inputs = layout(path, "in", module.in_features)
+            repeat = module.in_features // sum(count for _, count in inputs)
+            layers.append(
+                HyperLayer(
+                    path,
+                    tuple(module.weight.shape),
+                    layout(path, "out", module.out_features),
+                    inputs,
+                    repeat,
+                    linear=True,
+                )
             )
         elif isinstance(module, BATCH_NORMS):
-            norms[path] = out_group or in_group
-        elif (out_group or in_group) and any(True for _ in module.parameters(recurse=False)):
+            norms[path] = layouts.get((path, "out")) or layout(path, "in", module.num_features)
+        elif owned and any(True for _ in module.parameters(recurse=False)):
             raise HypernetError(f"{path}: {type(module).__name__} in a channel group cannot be generated")
     return tuple(layers), norms
 
@@ -233,16 +267,6 @@ def reparameterize(
     return Hypernet(spec, space, widths, model, latents, layers, w1, w2, norms)
 
 
-def _index(kept: Mapping[str, Tensor], group: str | None, repeat: int = 1) -> Tensor | None:
-    """Kept positions along a latent (None: keep all); a flattened input keeps each channel's whole block."""
-    if group is None or group not in kept:
-        return None
-    index = kept[group]
-    if repeat == 1:
-        return index
-    return (index[:, None] * repeat + torch.arange(repeat)[None, :]).flatten()
-
-
 def _take(tensor: Tensor, dim: int, index: Tensor | None) -> Tensor:
     return tensor if index is None else tensor.index_select(dim, index.to(tensor.device))
 
@@ -251,58 +275,33 @@ def shrink(hypernet: Hypernet, keep: Mapping[str, Sequence[int]]) -> Hypernet:
     """The hypernetwork restricted to the kept channels (by group; unlisted groups keep all), same values.
 
     Kept indices are sorted, so channel order is preserved; the shrunk kernels equal the corresponding
-    slices of the widened kernels exactly, and the carrier's BN affines, statistics and biases are sliced.
+    slices of the widened kernels exactly. The cuts are weight inheritance's over the space at the
+    hypernetwork's widths, so a concatenated input keeps each group's kept channels at that group's offset,
+    and the carrier's BN affines, statistics, biases and channel selections are cut as `inherit_weights` cuts.
     """
-    unknown = [name for name in keep if name not in hypernet.space]
-    if unknown:
-        raise HypernetError(f"shrink: no channel group {unknown[0]!r}")
-    kept: dict[str, Tensor] = {}
-    for name, indices in keep.items():
-        index = torch.as_tensor(sorted({int(i) for i in indices}), dtype=torch.long)
-        width = hypernet.widths[name]
-        if index.numel() == 0 or index[0] < 0 or index[-1] >= width:
-            raise HypernetError(
-                f"shrink: group {name!r} keeps {list(indices)[:8]}, not indices in [0, {width})"
-            )
-        kept[name] = index
-    values = {name: int(kept[name].numel()) if name in kept else w for name, w in hypernet.widths.items()}
-    widths = Widths.from_mapping(hypernet.space, values)
+    space = hypernet.space.rebased(hypernet.widths)
+    try:
+        full = complete_kept(space, keep)
+        widths = Widths.from_mapping(hypernet.space, {name: len(full[name]) for name in space.names})
+        cuts = channel_cuts(hypernet.model, space, full)
+        carried = inherit_weights(hypernet.model, space, full)
+    except ValueError as error:
+        raise HypernetError(f"shrink: {error}") from None
     device = next(iter(hypernet.latents.values())).device
     model = materialize(hypernet.spec, widths).to(device)
+    model.load_state_dict(carried)  # the generated kernels' slots too, though the kernels replace them
     layers, norms = _layers(model, hypernet.space, widths)
     latents = {
-        name: _take(z.detach(), 0, kept.get(name)).clone().requires_grad_()
+        name: z.detach()
+        .index_select(0, torch.as_tensor(full[name], device=z.device))
+        .clone()
+        .requires_grad_()
         for name, z in hypernet.latents.items()
     }
-    old_layers = {layer.path: layer for layer in hypernet.layers}
     w1, w2 = {}, {}
     for layer in layers:
-        old = old_layers[layer.path]
-        rows = _index(kept, old.out_group)
-        cols = None if old.depthwise else _index(kept, old.in_group, old.in_repeat)
+        dims = cuts.get(f"{layer.path}.weight", {})
+        rows, cols = dims.get(0), None if layer.depthwise else dims.get(1)
         w1[layer.path] = _take(_take(hypernet.w1[layer.path], 1, rows), 2, cols).clone()
         w2[layer.path] = _take(_take(hypernet.w2[layer.path], 1, rows), 2, cols).clone()
-    _copy_carrier(hypernet, model, kept)
     return Hypernet(hypernet.spec, hypernet.space, widths, model, latents, layers, w1, w2, norms)
-
-
-def _copy_carrier(hypernet: Hypernet, model: nn.Module, kept: Mapping[str, Tensor]) -> None:
-    """Copy the widened carrier's biases, BN affines and statistics into the shrunk one, sliced by group."""
-    generated = {f"{layer.path}.weight" for layer in hypernet.layers}
-    source = dict(hypernet.model.named_modules())
-    groups = {layer.path: layer.out_group for layer in hypernet.layers} | dict(hypernet.norms)
-    with torch.no_grad():
-        for path, module in model.named_modules():
-            tensors = [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]
-            for name, tensor in tensors:
-                full = f"{path}.{name}" if path else name
-                if full in generated:
-                    continue
-                old = getattr(source[path], name)
-                if old.dim() > 0:
-                    old = _take(old, 0, _index(kept, groups.get(path)))
-                if old.shape != tensor.shape:
-                    raise HypernetError(
-                        f"shrink: cannot carry {full} from {tuple(old.shape)} to {tuple(tensor.shape)}"
-                    )
-                tensor.copy_(old)

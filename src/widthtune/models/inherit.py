@@ -27,7 +27,7 @@ the sliced model then computes what the masked model computes (up to float summa
 from __future__ import annotations
 
 import numbers
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -341,6 +341,30 @@ def _selection_inputs(model: nn.Module, space: ChannelSpace) -> dict[str, str]:
     """Each channel selection's path -> the group it selects from."""
     selections = {path for path, m in model.named_modules() if isinstance(m, ChannelSelection)}
     return {m.path: g.name for g in space for m in g.members if m.kind == "in" and m.path in selections}
+
+
+def selection_reads(model: nn.Module, space: ChannelSpace) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """Each selecting group -> the group its selection reads and, per selected channel, the channel it reads:
+    a kept selected channel needs its source kept too."""
+    modules = dict(model.named_modules())
+    owners = {(m.path, m.kind): g.name for g in space for m in g.members}
+    return {
+        owners[(path, "out")]: (source, tuple(int(c) for c in modules[path].indexes.tolist()))
+        for path, source in _selection_inputs(model, space).items()
+    }
+
+
+def follow_sources(
+    model: nn.Module, space: ChannelSpace, kept: KeptIndices, groups: Iterable[str]
+) -> dict[str, tuple[int, ...]]:
+    """Kept channels where each selecting group among `groups` (ones a method does not rank itself) keeps
+    exactly the selected channels whose source channel is kept, so a pruned stream prunes its selections."""
+    full = complete_kept(space, kept)
+    for group, (source, sources) in selection_reads(model, space).items():
+        if group in groups:
+            available = set(full[source])
+            full[group] = tuple(i for i, channel in enumerate(sources) if channel in available)
+    return full
 
 
 def _renumber(selected: Tensor, kept: Sequence[int], path: str) -> Tensor:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 MemberKind = Literal["out", "in", "param"]
@@ -96,6 +96,11 @@ class ChannelSpace:
             return self._index[name]
         except KeyError:
             raise KeyError(f"no channel group {name!r}; groups are: {', '.join(self.names)}") from None
+
+    def rebased(self, widths: Mapping[str, int]) -> ChannelSpace:
+        """The same groups with `widths` as their base: the space channel indices of a model built at `widths`
+        range over (a supernet's or a widened hypernetwork's)."""
+        return ChannelSpace(tuple(replace(g, base=int(widths[g.name])) for g in self.groups), self.concats)
 
     def layouts(self) -> dict[tuple[str, str], tuple[Part, ...]]:
         """(module path, kind) -> its channels as parts, for whole members and concatenations alike."""

@@ -38,7 +38,7 @@ import copy
 import itertools
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -271,10 +271,7 @@ class Supernet(nn.Module):
         self.calibration_batches = calibration_batches
         self.cache_size = cache_size
         # the same groups with the supernet's widths as their base: what its channel indices range over
-        self.shared_space = ChannelSpace(
-            tuple(replace(group, base=self.max_widths[group.name]) for group in self.space),
-            self.space.concats,
-        )
+        self.shared_space = self.space.rebased(self.max_widths)
         self.model = materialize(self.spec, self.max_widths, seed=seed)
         selections = [path for path, m in self.model.named_modules() if isinstance(m, ChannelSelection)]
         if selections:

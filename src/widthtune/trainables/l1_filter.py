@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from widthtune.models.inherit import pad_linked_groups, top_channels
+from widthtune.models.inherit import follow_sources, kept_widths, pad_linked_groups, top_channels
 from widthtune.models.registry import materialize
 from widthtune.models.space import ChannelSpace
 from widthtune.models.widths import Widths, smallest_width
@@ -180,6 +180,9 @@ def search(task: Task) -> SearchResult:
     scores = filter_norms(model, space, exclude=pad_linked_groups(model, space))
     ratios = resolve_ratios(space, list(scores), params)
     widths, kept = prune_by_ratios(space, scores, ratios)
+    unranked = set(space.names) - set(scores)
+    kept = follow_sources(model, space, kept, unranked)  # a channel selection follows the stream it reads
+    widths = kept_widths(space, kept)
     info = {
         "preset": params["preset"],
         "ratios": ratios,

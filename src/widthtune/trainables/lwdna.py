@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 
 from widthtune.models.cost import CostModel
-from widthtune.models.hypernet import Hypernet, reparameterize, shrink
+from widthtune.models.hypernet import Hypernet, layout_groups, reparameterize, shrink
+from widthtune.models.inherit import selection_reads
 from widthtune.models.match import refine_widths
 from widthtune.models.space import ChannelSpace
 from widthtune.models.widths import Widths, smallest_width
@@ -155,6 +156,30 @@ class _Shrinker:
         return kept
 
 
+def readable(
+    kept: dict[str, list[int]],
+    scores: Mapping[str, torch.Tensor],
+    reads: Mapping[str, tuple[str, tuple[int, ...]]],
+) -> dict[str, list[int]]:
+    """Kept channels where each channel selection keeps only channels whose source is kept: its best-scoring
+    readable ones, so the width stays (a selection never holds more channels than its source)."""
+    kept = dict(kept)
+    for group, (source, sources) in reads.items():
+        available = set(kept[source])
+        readable = [i for i, channel in enumerate(sources) if channel in available]
+        width = len(kept[group])
+        if len(readable) < width:
+            raise ValueError(
+                f"lwdna: {group} keeps {width} channels but only {len(readable)} of the channels it selects "
+                f"are kept in {source}, and a channel selection cannot pass on more channels than it reads; "
+                "build the model without selections (preresnet_cifar: select=false)"
+            )
+        values = np.asarray(scores[group])[readable]
+        ranked = np.lexsort((np.arange(len(values)), -values))
+        kept[group] = sorted(readable[int(i)] for i in ranked[:width])
+    return kept
+
+
 RATIO_KEY = "cost_target.ratio"  # the flat trial key of a ratio cost target
 
 
@@ -186,7 +211,7 @@ def search(task: Task) -> SearchResult:
     batch = min(task.train.batch_size, int(task.data.train_x.shape[0]))
     scores = latent_scores(hypernet, task.data, batch, int(params["batches"]), task.seed)
     classifier_inputs = frozenset(
-        layer.in_group for layer in hypernet.layers if layer.linear and layer.in_group
+        name for layer in hypernet.layers if layer.linear for name in layout_groups(layer.in_layout)
     )
     lowest = floors(space, widened, rho, tau, str(params["floor_reference"]), classifier_inputs)
     shrinker = _Shrinker(
@@ -224,7 +249,11 @@ def search(task: Task) -> SearchResult:
             f"closest widths cost {cost:,.0f} ({(cost - target) / target:+.3%}); lower the groups' divisor"
         )
     widths = Widths(space, tuple(int(v) for v in values))
-    kept = dict(zip(space.names, shrinker.kept(values), strict=True))
+    kept = readable(
+        dict(zip(space.names, shrinker.kept(values), strict=True)),
+        scores,
+        selection_reads(hypernet.model, space.rebased(widened)),
+    )
     weights = None
     if params["init"] == "hypernet":
         weights = {k: v.cpu() for k, v in shrink(hypernet, kept).state_dict().items()}
