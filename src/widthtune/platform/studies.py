@@ -324,7 +324,9 @@ def make_scheduler(study: Study, config: ExperimentConfig) -> Any:
             reduction_factor=cfg.reduction_factor,
         )
     if cfg.name == "hyperband":
-        return schedulers.HyperBandScheduler(
+        from widthtune.platform.hyperband import HyperBand  # imports Ray Tune, as this function does
+
+        return HyperBand(
             time_attr="epoch", metric=metric, mode=mode, max_t=max_t, reduction_factor=cfg.reduction_factor
         )
     if cfg.name == "median":
