@@ -240,6 +240,7 @@ def test_the_shared_baseline_is_what_is_pruned(shapes, tmp_path):
     "spec",
     [
         "densenet_cifar:depth=10,growth=4,resolution=16",  # concatenated inputs follow their groups
+        "densenet_cifar:depth=10,growth=4,select=true,resolution=16",  # selections of concatenations
         "preresnet_cifar:depth=11,resolution=16",  # channel selections renumbered
         "preresnet_cifar:depth=11,select=false,resolution=16",
     ],

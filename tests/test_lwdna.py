@@ -10,6 +10,7 @@ import torch
 
 from widthtune.models.cost import CostModel
 from widthtune.models.hypernet import reparameterize, shrink
+from widthtune.models.inherit import Slice
 from widthtune.models.registry import canonical_spec, materialize
 from widthtune.models.widths import Widths
 from widthtune.trainables import lwdna
@@ -154,12 +155,14 @@ def test_hypernet_init_weights_load_strictly_and_reproduce_the_shrunk_hypernetwo
 def test_kept_selections_read_only_kept_channels_and_keep_their_width():
     scores = {"stream": np.array([5.0, 4, 3, 2, 1, 0]), "select": np.array([0.0, 9, 8, 7, 6, 5])}
     kept = {"stream": [0, 1, 2, 4], "select": [1, 2, 3]}
-    reads = {"select": ("stream", (0, 1, 2, 3, 4, 5))}  # select channel i reads stream channel i
+    reads = {
+        "select": (Slice((("stream", 6),)), (0, 1, 2, 3, 4, 5))
+    }  # select channel i reads stream channel i
     assert lwdna.readable(kept, scores, reads) == {"stream": [0, 1, 2, 4], "select": [1, 2, 4]}
 
 
 def test_a_selection_wider_than_what_it_reads_is_refused_with_what_to_build(data, cost_models):
-    with pytest.raises(ValueError, match=r"head\.select keeps .* select=false"):
+    with pytest.raises(ValueError, match=r"head\.select keeps .*\(select=false\)"):
         lwdna.search(make_task(data, cost_models, SELECTING, 0.5, m=2))
 
 

@@ -66,6 +66,7 @@ DENSENET_CIFAR = _entry(
         "growth": 12,
         "bottleneck": False,
         "compression": 1.0,
+        "select": False,
         "width": 1.0,
         "num_classes": 10,
         "resolution": 32,

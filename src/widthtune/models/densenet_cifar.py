@@ -8,6 +8,12 @@ BN-ReLU-conv1x1.
 
 Every layer's new channels are a group, as are the stem, the transitions and the bottlenecks; the BN and
 the conv that read a concatenation hold those groups side by side (a `Concatenation`), in block order.
+
+With `select=true`, as in the Network Slimming code, a channel selection sits in front of every BN that
+reads the features (each layer's first BN, each transition's, the final one): each reader takes its own
+subset of the concatenated channels, and that subset is its own group (`stageS.blockB.select`,
+`stageS.transition_select`, `head.select`), so slimming prunes each reader's input by its own BN's gammas
+while the features themselves keep their width.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import torch
 from torch import nn
 
 from widthtune.models.catalog import DENSENET_CIFAR
+from widthtune.models.channel_selection import ChannelSelection, first_channels
 from widthtune.models.initialization import kaiming_init
 from widthtune.models.space import ChannelGroup, ChannelSpace, Concatenation, Member
 from widthtune.models.widths import scaled_width
@@ -52,18 +59,36 @@ def _groups(options: Mapping[str, Any]) -> list[tuple[str, int, int | None, int 
     n = layers_per_block(options)
     divisor = options["divisor"]
     growth = scaled_width(options["growth"], options["width"], divisor)
+    select = bool(options["select"])
     groups = [("stem", scaled_width(2 * options["growth"], options["width"], divisor), 0, None, "stem")]
     channels = groups[0][1]
     for s in range(1, BLOCKS + 1):
         for b in range(1, n + 1):
+            if select:
+                groups.append((_selector(s, b), channels, s, b, "select"))
             if options["bottleneck"]:
                 groups.append((f"stage{s}.block{b}.mid", 4 * growth, s, b, "mid"))
             groups.append((f"stage{s}.block{b}.growth", growth, s, b, "growth"))
-        channels += n * growth
+            channels += growth
         if s < BLOCKS:
+            if select:
+                groups.append((_selector(s), channels, s, None, "select"))
             channels = max(divisor, math.floor(channels * options["compression"] / divisor) * divisor)
             groups.append((f"stage{s}.transition", channels, s, None, "transition"))
+    if select:
+        groups.append((_selector(), channels, BLOCKS, None, "select"))
     return groups
+
+
+def _selector(stage: int | None = None, block: int | None = None) -> str:
+    """The group of the channels a reader selects: a layer's, a transition's, or the head's."""
+    if stage is None:
+        return "head.select"
+    return f"stage{stage}.block{block}.select" if block is not None else f"stage{stage}.transition_select"
+
+
+def _selection(selected: int, available: int, name: str) -> ChannelSelection:
+    return first_channels(selected, available, name, "densenet_cifar")
 
 
 def channel_space(options: Mapping[str, Any]) -> ChannelSpace:
@@ -72,10 +97,17 @@ def channel_space(options: Mapping[str, Any]) -> ChannelSpace:
     members: dict[str, list[Member]] = {}
     concats: list[Concatenation] = []
 
-    def reads(paths: tuple[str, str], parts: list[str]) -> None:
-        """A BN (out) and a conv or linear (in) reading these groups side by side."""
+    select = bool(options["select"])
+
+    def reads(paths: tuple[str, str], parts: list[str], selector: str) -> None:
+        """A BN (out) and a conv or linear (in) reading these groups side by side, or through a selection
+        (its path beside the BN's) that reads them and whose group the BN and the consumer read."""
         (norm, consumer), kinds = paths, ("out", "in")
-        for path, kind in zip((norm, consumer), kinds, strict=True):
+        if select:
+            selection = f"{norm.rpartition('.')[0]}.select".lstrip(".")
+            members[selector] += [Member(selection), Member(norm), Member(consumer, "in")]
+            norm, consumer, kinds = selection, "", ("in",)
+        for path, kind in zip((norm, consumer), kinds, strict=False):
             if len(parts) == 1:
                 members[parts[0]].append(Member(path, kind))  # type: ignore[arg-type]
             else:
@@ -89,7 +121,7 @@ def channel_space(options: Mapping[str, Any]) -> ChannelSpace:
     for s in range(1, BLOCKS + 1):
         for b in range(1, n + 1):
             layer = _layer(s, b)
-            reads((f"{layer}.bn1", f"{layer}.conv1"), parts)
+            reads((f"{layer}.bn1", f"{layer}.conv1"), parts, _selector(s, b))
             growth = f"stage{s}.block{b}.growth"
             if options["bottleneck"]:
                 mid = f"stage{s}.block{b}.mid"
@@ -103,10 +135,10 @@ def channel_space(options: Mapping[str, Any]) -> ChannelSpace:
                 members[growth].append(Member(f"{layer}.conv1"))
             parts = [*parts, growth]
         if s < BLOCKS:
-            reads((f"trans{s}.bn", f"trans{s}.conv"), parts)
+            reads((f"trans{s}.bn", f"trans{s}.conv"), parts, _selector(s))
             members[f"stage{s}.transition"].append(Member(f"trans{s}.conv"))
             parts = [f"stage{s}.transition"]
-    reads(("bn", "fc"), parts)
+    reads(("bn", "fc"), parts, _selector())
     common = {"min": options["min_width"], "divisor": options["divisor"]}
     groups = tuple(
         ChannelGroup(name, base, tuple(members[name]), stage=stage, block=block, role=role, **common)
@@ -118,8 +150,13 @@ def channel_space(options: Mapping[str, Any]) -> ChannelSpace:
 class DenseLayer(nn.Module):
     """BN-ReLU-conv3x3 (after a BN-ReLU-conv1x1 bottleneck) on the concatenation of every earlier output."""
 
-    def __init__(self, in_ch: int, mid: int | None, growth: int) -> None:
+    def __init__(
+        self, in_ch: int, mid: int | None, growth: int, select: ChannelSelection | None = None
+    ) -> None:
         super().__init__()
+        if select is not None:
+            self.select = select
+            in_ch = len(select.indexes)
         self.bn1 = nn.BatchNorm2d(in_ch)
         self.relu1 = nn.ReLU(inplace=True)
         if mid is None:
@@ -132,7 +169,10 @@ class DenseLayer(nn.Module):
         self.bottleneck = mid is not None
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
-        x = self.conv1(self.relu1(self.bn1(torch.cat(features, 1))))
+        x = torch.cat(features, 1)
+        if hasattr(self, "select"):
+            x = self.select(x)
+        x = self.conv1(self.relu1(self.bn1(x)))
         if self.bottleneck:
             x = self.conv2(self.relu2(self.bn2(x)))
         return x
@@ -141,14 +181,19 @@ class DenseLayer(nn.Module):
 class Transition(nn.Module):
     """BN-ReLU-conv1x1 to the compressed width, then 2x2 average pooling."""
 
-    def __init__(self, in_ch: int, out_ch: int) -> None:
+    def __init__(self, in_ch: int, out_ch: int, select: ChannelSelection | None = None) -> None:
         super().__init__()
+        if select is not None:
+            self.select = select
+            in_ch = len(select.indexes)
         self.bn = nn.BatchNorm2d(in_ch)
         self.relu = nn.ReLU(inplace=True)
         self.conv = nn.Conv2d(in_ch, out_ch, 1, bias=False)
         self.pool = nn.AvgPool2d(2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if hasattr(self, "select"):
+            x = self.select(x)
         return self.pool(self.conv(self.relu(self.bn(x))))
 
 
@@ -158,6 +203,10 @@ class DenseNetCifar(nn.Module):
     def __init__(self, widths: Mapping[str, int], options: Mapping[str, Any]) -> None:
         super().__init__()
         n = layers_per_block(options)
+
+        def selection(name: str, available: int) -> ChannelSelection | None:
+            return _selection(widths[name], available, name) if options["select"] else None
+
         self.conv1 = nn.Conv2d(options["in_channels"], widths["stem"], 3, padding=1, bias=False)
         channels = widths["stem"]
         for s in range(1, BLOCKS + 1):
@@ -165,12 +214,19 @@ class DenseNetCifar(nn.Module):
             for b in range(1, n + 1):
                 mid = widths[f"stage{s}.block{b}.mid"] if options["bottleneck"] else None
                 growth = widths[f"stage{s}.block{b}.growth"]
-                layers.append(DenseLayer(channels, mid, growth))
+                layers.append(DenseLayer(channels, mid, growth, selection(_selector(s, b), channels)))
                 channels += growth
             self.add_module(f"dense{s}", nn.ModuleList(layers))
             if s < BLOCKS:
-                self.add_module(f"trans{s}", Transition(channels, widths[f"stage{s}.transition"]))
-                channels = widths[f"stage{s}.transition"]
+                transition = widths[f"stage{s}.transition"]
+                self.add_module(
+                    f"trans{s}", Transition(channels, transition, selection(_selector(s), channels))
+                )
+                channels = transition
+        head = selection(_selector(), channels)
+        if head is not None:
+            self.select = head
+            channels = len(head.indexes)
         self.bn = nn.BatchNorm2d(channels)
         self.relu = nn.ReLU(inplace=True)
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -186,6 +242,8 @@ class DenseNetCifar(nn.Module):
             x = torch.cat(features, 1)
             if s < BLOCKS:
                 x = getattr(self, f"trans{s}")(x)
+        if hasattr(self, "select"):
+            x = self.select(x)
         return self.fc(torch.flatten(self.pool(self.relu(self.bn(x))), 1))
 
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from widthtune.models.preresnet_cifar import ChannelSelection
+from widthtune.models.channel_selection import ChannelSelection
 from widthtune.models.resnet_cifar import PadShortcut
 from widthtune.models.space import ChannelGroup, ChannelSpace
 from widthtune.models.surgery import is_depthwise
@@ -333,24 +333,30 @@ def inherit_weights(model: nn.Module, space: ChannelSpace, kept: KeptIndices) ->
             value = value.index_select(dim, index.to(value.device))
         inherited[key] = value.to("cpu", copy=True)
     for path, reads in _selection_inputs(model, space).items():
-        inherited[f"{path}.indexes"] = _renumber(inherited[f"{path}.indexes"], full[reads], path)
+        inherited[f"{path}.indexes"] = _renumber(
+            inherited[f"{path}.indexes"], reads.index(full).tolist(), path
+        )
     return inherited
 
 
-def _selection_inputs(model: nn.Module, space: ChannelSpace) -> dict[str, str]:
-    """Each channel selection's path -> the group it selects from."""
+def _selection_inputs(model: nn.Module, space: ChannelSpace) -> dict[str, Slice]:
+    """Each channel selection's path -> the channels it reads: one group, or a concatenation's parts."""
     selections = {path for path, m in model.named_modules() if isinstance(m, ChannelSelection)}
-    return {m.path: g.name for g in space for m in g.members if m.kind == "in" and m.path in selections}
+    return {
+        path: Slice(tuple((None if g is None else space.groups[g].name, count) for g, count in parts))
+        for (path, kind), parts in space.layouts().items()
+        if kind == "in" and path in selections
+    }
 
 
-def selection_reads(model: nn.Module, space: ChannelSpace) -> dict[str, tuple[str, tuple[int, ...]]]:
-    """Each selecting group -> the group its selection reads and, per selected channel, the channel it reads:
-    a kept selected channel needs its source kept too."""
+def selection_reads(model: nn.Module, space: ChannelSpace) -> dict[str, tuple[Slice, tuple[int, ...]]]:
+    """Each selecting group -> what its selection reads and, per selected channel, the channel it reads
+    there: a kept selected channel needs that channel kept too."""
     modules = dict(model.named_modules())
     owners = {(m.path, m.kind): g.name for g in space for m in g.members}
     return {
-        owners[(path, "out")]: (source, tuple(int(c) for c in modules[path].indexes.tolist()))
-        for path, source in _selection_inputs(model, space).items()
+        owners[(path, "out")]: (reads, tuple(int(c) for c in modules[path].indexes.tolist()))
+        for path, reads in _selection_inputs(model, space).items()
     }
 
 
@@ -360,9 +366,9 @@ def follow_sources(
     """Kept channels where each selecting group among `groups` (ones a method does not rank itself) keeps
     exactly the selected channels whose source channel is kept, so a pruned stream prunes its selections."""
     full = complete_kept(space, kept)
-    for group, (source, sources) in selection_reads(model, space).items():
+    for group, (reads, sources) in selection_reads(model, space).items():
         if group in groups:
-            available = set(full[source])
+            available = set(reads.index(full).tolist())
             full[group] = tuple(i for i, channel in enumerate(sources) if channel in available)
     return full
 

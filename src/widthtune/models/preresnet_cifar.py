@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from widthtune.models.catalog import PRERESNET_CIFAR
+from widthtune.models.channel_selection import ChannelSelection, first_channels
 from widthtune.models.initialization import kaiming_init
 from widthtune.models.space import ChannelGroup, ChannelSpace, Member
 from widthtune.models.widths import scaled_width
@@ -29,17 +30,6 @@ from widthtune.models.widths import scaled_width
 DEFAULTS = PRERESNET_CIFAR.defaults
 PLANES = (16, 32, 64)
 EXPANSION = 4
-
-
-class ChannelSelection(nn.Module):
-    """Passes on the channels `indexes` names (Network Slimming's channel selection), in that order."""
-
-    def __init__(self, indexes: torch.Tensor) -> None:
-        super().__init__()
-        self.register_buffer("indexes", indexes.to(torch.long))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.index_select(1, self.indexes)
 
 
 def blocks_per_stage(options: Mapping[str, Any]) -> int:
@@ -110,12 +100,7 @@ def channel_space(options: Mapping[str, Any]) -> ChannelSpace:
 
 
 def _selection(selected: int, available: int, name: str) -> ChannelSelection:
-    if selected > available:
-        raise ValueError(
-            f"preresnet_cifar: {name} is {selected} but the stream it selects from has {available} channels; "
-            "a selection takes at most the channels it reads"
-        )
-    return ChannelSelection(torch.arange(selected))
+    return first_channels(selected, available, name, "preresnet_cifar")
 
 
 class Bottleneck(nn.Module):

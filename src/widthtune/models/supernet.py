@@ -45,8 +45,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from widthtune.models.channel_selection import ChannelSelection
 from widthtune.models.inherit import channel_slices, complete_kept, expand_index, pad_shortcuts
-from widthtune.models.preresnet_cifar import ChannelSelection
 from widthtune.models.registry import canonical_spec, channel_space, materialize
 from widthtune.models.space import ChannelSpace
 from widthtune.models.spec import ModelSpec

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from widthtune.models.cost import CostModel
 from widthtune.models.hypernet import Hypernet, layout_groups, reparameterize, shrink
-from widthtune.models.inherit import selection_reads
+from widthtune.models.inherit import Slice, selection_reads
 from widthtune.models.match import refine_widths
 from widthtune.models.space import ChannelSpace
 from widthtune.models.widths import Widths, smallest_width
@@ -158,21 +158,22 @@ class _Shrinker:
 
 def readable(
     kept: dict[str, list[int]],
-    scores: Mapping[str, torch.Tensor],
-    reads: Mapping[str, tuple[str, tuple[int, ...]]],
+    scores: Mapping[str, np.ndarray],
+    reads: Mapping[str, tuple[Slice, tuple[int, ...]]],
 ) -> dict[str, list[int]]:
     """Kept channels where each channel selection keeps only channels whose source is kept: its best-scoring
     readable ones, so the width stays (a selection never holds more channels than its source)."""
     kept = dict(kept)
     for group, (source, sources) in reads.items():
-        available = set(kept[source])
+        available = set(source.index(kept).tolist())
         readable = [i for i, channel in enumerate(sources) if channel in available]
         width = len(kept[group])
         if len(readable) < width:
             raise ValueError(
                 f"lwdna: {group} keeps {width} channels but only {len(readable)} of the channels it selects "
-                f"are kept in {source}, and a channel selection cannot pass on more channels than it reads; "
-                "build the model without selections (preresnet_cifar: select=false)"
+                f"are kept in {'+'.join(name or 'fixed' for name, _ in source.parts)}, and a selection "
+                "cannot pass on more channels than it reads; "
+                "build the model without selections (select=false)"
             )
         values = np.asarray(scores[group])[readable]
         ranked = np.lexsort((np.arange(len(values)), -values))
