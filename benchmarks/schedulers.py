@@ -4,7 +4,8 @@ HyperBand and the median stopping rule, against FIFO in the same run.
 One space for all: `resnet_cifar:depth=8` on `digits` at 8x8 (the platform's train/val/test split), method
 `direct` (one multiplier per stage in [0.25, 2.0], matched to half the base MACs), `train.lr` loguniform in
 [0.005, 0.5], batch 64, no augmentation (a 4-pixel crop and flips wreck 8x8 digits: FIFO's best then
-reaches ~62% against ~98% without), `--epochs` epochs (default 8), `--trials` trials (default 16) drawn by Tune's random
+reaches ~62% against ~98% without), `--epochs` epochs (default 9: ASHA's and HyperBand's rungs at 1, 3 and 9 with reduction factor 3), `--trials`
+trials (default 32) drawn by Tune's random
 search, 1 CPU per trial (2 run at once on 2 cores; no `search.max_concurrent`, which stalls HyperBand). Per seed (`--seeds`, default 0 1 2) one `compare` experiment runs
 the four schedulers as four studies of the same entry; the seed is the search's random state and every
 trial's training seed, so at one seed all four schedulers are offered the same trials in the same order.
@@ -201,8 +202,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--trials", type=int, default=16, help="trials per scheduler and seed")
-    parser.add_argument("--epochs", type=int, default=8, help="epochs of a trial that is never stopped")
+    parser.add_argument("--trials", type=int, default=32, help="trials per scheduler and seed")
+    parser.add_argument(
+        "--epochs", type=int, default=9, help="epochs of a trial that is never stopped (9: rungs at 1, 3, 9)"
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="search and training seeds")
     args = parser.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")

@@ -6,7 +6,7 @@ import json
 import time
 import traceback
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +117,10 @@ class TrialRecorder(tune.Callback):
     Picklable (Tune saves it with the run); its clients and caches are rebuilt after a restore. `tracking` may be
     the parent run still opening on another thread (the sqlite store migrates while Tune starts): the first
     MLflow call waits for it and hands it to `on_opened`; pickled before then, it reads the saved state instead.
+
+    MLflow calls run in order on one writer thread, so Tune's loop (which starts the next trial) never waits on
+    the tracking store; the Parquet store is written on Tune's thread. A trial's run is made when the trial
+    starts, and the experiment's end waits until every call has gone out.
     """
 
     def __init__(
@@ -140,17 +144,22 @@ class TrialRecorder(tune.Callback):
         self._runs: TrialRuns | None = None
         self._guard: TrackingGuard | None = None
         self._costs: dict[str, CostModel] = {}
+        self._writer: ThreadPoolExecutor | None = None
+        self._run_ids: dict[str, Future] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         opening = state.pop("_opening", None)
         if state["tracking"] is None and opening is not None and opening.done() and not opening.exception():
             state["tracking"] = opening.result()
-        state.update(_runs=None, _guard=None, _costs={}, _on_opened=None)
+        state.update(_runs=None, _guard=None, _costs={}, _on_opened=None, _writer=None, _run_ids={})
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update({"_costs": {}, "_opening": None, "_on_opened": None, "uri": None, **state})
+        self.__dict__.update(
+            {"_costs": {}, "_opening": None, "_on_opened": None, "uri": None, "_writer": None, "_run_ids": {}}
+            | state
+        )
 
     def opened(self) -> Tracking:
         """The experiment's tracking, waited for when it is still opening."""
@@ -188,13 +197,33 @@ class TrialRecorder(tune.Callback):
         """The Parquet store."""
         return Path(self.directory) / "results"
 
-    def _run(self, trial: Any) -> str:
+    def _later(self, action: Callable[..., Any], *args: Any) -> Future:
+        """`action(*args)` through the guard on the writer thread, after every call queued before it."""
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="widthtune-mlflow")
+        return self._writer.submit(self.guard.call, action, *args)
+
+    def drain(self) -> None:
+        """Wait until every queued MLflow call has gone out."""
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)
+            self._writer = None
+
+    def _run(self, trial: Any) -> Future:
+        """The trial's run id (None once MLflow is down), made or found on the writer thread."""
         key = trial_key(self.study, trial.trial_id)
-        config = expand_bundle(trial.config)
-        tags = trial_tags(config, self.study, self.role, self.config_hash)
-        return self.guard.call(
-            lambda: self.runs.run_for(key, f"{self.study}/{trial.trial_id}", tags, logged_params(config))
-        )
+        if key not in self._run_ids:
+            config = expand_bundle(trial.config)
+            tags = trial_tags(config, self.study, self.role, self.config_hash)
+            runs = self.runs  # here, on Tune's thread: opening the parent run writes the saved state
+            name = f"{self.study}/{trial.trial_id}"
+            self._run_ids[key] = self._later(runs.run_for, key, name, tags, logged_params(config))
+        return self._run_ids[key]
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """Open the trial's run while it trains."""
+        if not self.guard.down:
+            self._run(trial)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         """Journal and log one epoch."""
@@ -203,10 +232,19 @@ class TrialRecorder(tune.Callback):
         key = trial_key(self.study, trial.trial_id)
         record = {k: result[k] for k in EPOCH_METRICS if k in result}
         EpochJournal(self.results_root).append(key, record)
-        if self._run(trial) is None:
+        if self.guard.down:
             return
+        self._run(trial)
         metrics = {k: v for k, v in record.items() if isinstance(v, int | float)}
-        self.guard.call(self.runs.log_epoch, key, int(result["epoch"]), metrics, int(time.time() * 1000))
+        self._later(self._log_epoch, key, int(result["epoch"]), metrics, int(time.time() * 1000))
+
+    def _log_epoch(self, key: str, epoch: int, metrics: dict[str, float], stamp: int) -> None:
+        if self._run_ids[key].result() is not None:  # done: queued before this call
+            self.runs.log_epoch(key, epoch, metrics, stamp)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        """Tune ends (or was interrupted): every queued MLflow call goes out first."""
+        self.drain()
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         """A trial finished, was stopped by the scheduler, or reported a non-finite loss."""
@@ -222,7 +260,7 @@ class TrialRecorder(tune.Callback):
         config = expand_bundle(trial.config)
         last = trial.last_result or {}
         epochs = EpochJournal(self.results_root).read(key)
-        run_id = self._run(trial)
+        run_id = None if self.guard.down else self._run(trial).result()
         planned = int(last.get("epochs") or config.get("train.epochs", TrainConfig.epochs))
         trained = max((int(e["epoch"]) for e in epochs), default=0)
         status = "errored" if error else ("completed" if trained >= planned else "stopped")
@@ -310,4 +348,4 @@ class TrialRecorder(tune.Callback):
             [{**e, "study": self.study, "label": row["label"], "seed": row["seed"]} for e in epochs],
         )
         if run_id is not None:
-            self.guard.call(finish_run, self.runs, row, artifacts)
+            self._later(finish_run, self.runs, row, artifacts)
