@@ -360,6 +360,12 @@ def selection_reads(model: nn.Module, space: ChannelSpace) -> dict[str, tuple[Sl
     }
 
 
+def readable_channels(reads: Slice, sources: Sequence[int], kept: KeptIndices) -> tuple[int, ...]:
+    """The positions of a selection whose source channel (in what it reads) is kept."""
+    available = set(reads.index(kept).tolist())
+    return tuple(i for i, channel in enumerate(sources) if channel in available)
+
+
 def follow_sources(
     model: nn.Module, space: ChannelSpace, kept: KeptIndices, groups: Iterable[str]
 ) -> dict[str, tuple[int, ...]]:
@@ -368,8 +374,7 @@ def follow_sources(
     full = complete_kept(space, kept)
     for group, (reads, sources) in selection_reads(model, space).items():
         if group in groups:
-            available = set(reads.index(full).tolist())
-            full[group] = tuple(i for i, channel in enumerate(sources) if channel in available)
+            full[group] = readable_channels(reads, sources, full)
     return full
 
 

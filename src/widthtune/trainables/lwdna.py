@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from widthtune.models.cost import CostModel
 from widthtune.models.hypernet import Hypernet, layout_groups, reparameterize, shrink
-from widthtune.models.inherit import Slice, selection_reads
+from widthtune.models.inherit import Slice, readable_channels, selection_reads
 from widthtune.models.match import refine_widths
 from widthtune.models.space import ChannelSpace
 from widthtune.models.widths import Widths, smallest_width
@@ -165,8 +165,7 @@ def readable(
     readable ones, so the width stays (a selection never holds more channels than its source)."""
     kept = dict(kept)
     for group, (source, sources) in reads.items():
-        available = set(source.index(kept).tolist())
-        readable = [i for i, channel in enumerate(sources) if channel in available]
+        readable = list(readable_channels(source, sources, kept))
         width = len(kept[group])
         if len(readable) < width:
             raise ValueError(
