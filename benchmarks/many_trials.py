@@ -192,11 +192,17 @@ def run_widthtune(sweep: Sweep, storage: Path, name: str) -> tuple[Timing, dict[
     from widthtune.results.store import read_trials
 
     config = validate_config(experiment_config(name, storage, sweep))
+    environment = dict(os.environ)
     started, cpu = time.time(), time.process_time()
-    with redirect_stdout(io.StringIO()):  # the progress line
-        directory = run_experiment(config, say=lambda _: None)
+    try:
+        with redirect_stdout(io.StringIO()):  # the progress line
+            directory = run_experiment(config, say=lambda _: None)
+    finally:
+        ended = time.time()
+        os.environ.clear()  # the runner's settings for Tune stay out of the bare side's later repeats
+        os.environ.update(environment)
     timing = measure(
-        started, time.time(), time.process_time() - cpu, sorted((directory / "tune").glob("*/*/result.json"))
+        started, ended, time.process_time() - cpu, sorted((directory / "tune").glob("*/*/result.json"))
     )
     rows = read_trials(directory / "results")  # not `directory`: see results_root (its trials/ misleads it)
     accuracies = {}

@@ -18,6 +18,7 @@ from widthtune.platform.config import validate_config
 from widthtune.platform.leftovers import SESSION_FILE, session_processes
 from widthtune.platform.runner import read_state, run_experiment
 from widthtune.results.store import read_epochs, read_trials
+from widthtune.trainables.adapter import reported_widths
 
 SPEC = "resnet_cifar:depth=8"
 DATA = {"name": "digits", "resolution": 8, "fraction": 0.3}
@@ -99,6 +100,19 @@ def test_errored_and_nan_trials_are_recorded_with_their_reason_and_the_sweep_goe
     assert {"widths.json", "width_profile.svg"} <= artifacts
     failed = [r for r in runs if r.info.status == "FAILED"]
     assert all(r.data.tags["widthtune.error"] for r in failed)
+    trained = {f"widths.{n}": str(w) for n, w in zip(ok["group_names"], ok["widths"], strict=True)}
+    assert {k: finished.data.params.get(k) for k in trained} == trained
+
+    # Tune's own record of each trial: result.json (widths as one JSON text), no TensorBoard or CSV loggers
+    results = sorted((directory / "tune").glob("*/*/result.json"))
+    assert len(results) == 4
+    assert not list((directory / "tune").glob("*/*/events.out.tfevents*"))
+    assert not list((directory / "tune").glob("*/*/progress.csv"))
+    reported = [json.loads(line) for path in results for line in path.read_text().splitlines()]
+    with_widths = [r for r in reported if "widths" in r]
+    assert with_widths and all(isinstance(r["widths"], str) for r in with_widths)
+    assert not any(key.startswith("widths/") for r in reported for key in r)
+    assert reported_widths(with_widths[-1]).keys() == set(ok["group_names"])
 
     # report and ls read the same store
     md, page = (directory / "report" / "report.md"), (directory / "report" / "report.html")

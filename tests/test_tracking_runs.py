@@ -11,11 +11,13 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from widthtune.platform.tracking import (
+    EpochMetrics,
     Tracking,
     TrialRuns,
     close_parent_run,
     log_files,
     open_parent_run,
+    run_artifacts,
     sqlite_uri,
 )
 from widthtune.results.files import EXPERIMENT_FILE
@@ -40,7 +42,7 @@ def test_a_new_runs_params_travel_with_its_first_epoch_and_it_closes_with_widths
         path.write_text("x")
     runs = TrialRuns(tracking)
     run_id = runs.run_for("s__1", "s/1", {"widthtune.method": "random"}, {"train.lr": 0.1, "skip": None})
-    runs.log_epoch("s__1", 1, {"val_acc": 0.5, "epoch": 1.0}, 1000)
+    runs.log_epochs("s__1", [EpochMetrics(1, {"val_acc": 0.5, "epoch": 1.0}, 1000)])
     client = MlflowClient(tracking.uri)
     live = client.get_run(run_id)
     assert live.data.params == {"train.lr": "0.1"} and live.data.metrics["val_acc"] == 0.5
@@ -65,10 +67,10 @@ def test_a_run_found_again_after_a_resume_gets_only_the_params_it_lacks(tmp_path
     tracking = _tracking(tmp_path)
     first = TrialRuns(tracking)
     run_id = first.run_for("s__3", "s/3", {}, {"train.lr": 0.3})
-    first.log_epoch("s__3", 1, {"epoch": 1.0}, 1000)
+    first.log_epochs("s__3", [EpochMetrics(1, {"epoch": 1.0}, 1000)])
     again = TrialRuns(tracking)  # a resumed driver: the run is found by its key tag
     assert again.run_for("s__3", "s/3", {}, {"train.lr": 0.3, "method.seed": 4}) == run_id
-    again.log_epoch("s__3", 1, {"epoch": 1.0}, 2000)  # already logged: skipped
+    again.log_epochs("s__3", [EpochMetrics(1, {"epoch": 1.0}, 2000)])  # already logged: skipped
     again.finish("s__3", "completed", {"widthtune.status": "completed"}, [], params={"widths.g0": 4})
     run = MlflowClient(tracking.uri).get_run(run_id)
     assert run.data.params == {"train.lr": "0.3", "method.seed": "4", "widths.g0": "4"}
@@ -83,7 +85,7 @@ def test_files_beside_others_are_attached_one_by_one_and_nothing_else_goes(tmp_p
     folder.mkdir()
     for name in ("a.json", "b.svg", "private.pt"):
         (folder / name).write_text(name)
-    log_files(client, run_id, [folder / "a.json", folder / "b.svg"], artifact_path="out")
+    log_files(run_artifacts(tracking.uri, run_id), [folder / "a.json", folder / "b.svg"], artifact_path="out")
     assert _artifacts(client, run_id, "out") == ["out/a.json", "out/b.svg"]
 
 
@@ -93,7 +95,7 @@ def test_the_parent_run_gets_every_report_file_under_report(tmp_path):
     report.mkdir()
     for name in ("report.md", "report.html", "pareto.png"):
         (report / name).write_text(name)
-    close_parent_run(tracking, report, tmp_path / "results")
+    close_parent_run(tracking, report, [])
     client = MlflowClient(tracking.uri)
     assert _artifacts(client, tracking.parent_run_id, "report") == [
         "report/pareto.png",
@@ -147,3 +149,102 @@ def test_a_run_stopped_while_its_parent_run_opened_gets_one_on_resume(tmp_path):
     tracking = Tracking(**read_state(directory)["tracking"])
     assert tracking.parent_run_id not in (None, orphan.parent_run_id)
     assert MlflowClient(tracking.uri).get_run(tracking.parent_run_id).info.status == "FINISHED"
+
+
+def _recorded_trial(recorder, trial_id: str, epochs: int, *, close: bool = True):
+    """A stub Tune trial through the recorder: started, `epochs` results, then (when `close`) completed."""
+    from ray.tune.experiment import Trial
+
+    config = {"model": "resnet_cifar:depth=8", "method": "uniform", "label": "uniform", "seed": 0}
+    config["train.epochs"] = epochs
+    trial = Trial("fn", config=config, trial_id=trial_id, stub=True)
+    recorder.on_trial_start(0, [], trial)
+    for epoch in range(1, epochs + 1):
+        result = {"epoch": epoch, "val_acc": 0.1 * epoch, "test_acc": 0.1, "epochs": epochs, "config": config}
+        trial.update_last_result(result)
+        recorder.on_trial_result(0, [], trial, result)
+    if close:
+        recorder.on_trial_complete(0, [], trial)
+    return trial
+
+
+def _batches(recorder) -> list[int]:
+    """Counts the recorder's MLflow batches (the real client's calls, counted as they go out)."""
+    client = recorder.runs.client
+    sent: list[int] = []
+    real = client.log_batch
+
+    def counted(run_id, metrics=(), params=(), tags=(), **kwargs):
+        sent.append(len(metrics))
+        return real(run_id, metrics=metrics, params=params, tags=tags, **kwargs)
+
+    client.log_batch = counted
+    return sent
+
+
+def test_a_young_trials_epochs_ride_with_its_outcome_and_an_older_trials_go_out_live(tmp_path, monkeypatch):
+    from widthtune.platform import recorder as recording
+
+    tracking = _tracking(tmp_path)
+    recorder = recording.TrialRecorder(str(tmp_path), "s", tracking, "hash")
+    sent = _batches(recorder)
+    _recorded_trial(recorder, "young", epochs=2)
+    recorder.drain()
+    client = MlflowClient(tracking.uri)
+    (young,) = client.search_runs([tracking.experiment_id], "tags.`widthtune.trial_key` = 's__young'")
+    assert young.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(young.info.run_id, "val_acc")] == [1, 2]
+    assert len(sent) == 1 and sent[0] > 0  # both epochs went with the outcome, in one batch
+
+    monkeypatch.setattr(recording, "LIVE_SECONDS", 0.0)  # every trial is old enough to show live
+    sent.clear()
+    trial = _recorded_trial(recorder, "live", epochs=2, close=False)
+    recorder.drain()
+    (live,) = client.search_runs([tracking.experiment_id], "tags.`widthtune.trial_key` = 's__live'")
+    assert live.info.status == "RUNNING" and live.data.metrics["val_acc"] == pytest.approx(0.2)
+    assert len(sent) == 2  # one batch per epoch, while the trial runs
+    recorder.on_trial_complete(0, [], trial)
+    recorder.drain()
+    assert client.get_run(live.info.run_id).info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(live.info.run_id, "val_acc")] == [1, 2]
+
+
+def test_epochs_held_when_the_experiment_ends_still_go_out(tmp_path):
+    from widthtune.platform.recorder import TrialRecorder
+
+    tracking = _tracking(tmp_path)
+    recorder = TrialRecorder(str(tmp_path), "s", tracking, "hash")
+    _recorded_trial(recorder, "cut", epochs=1, close=False)  # interrupted: no outcome
+    recorder.on_experiment_end([])
+    client = MlflowClient(tracking.uri)
+    (run,) = client.search_runs([tracking.experiment_id], "tags.`widthtune.trial_key` = 's__cut'")
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")] == [1]
+
+
+def test_a_batch_past_mlflows_limits_goes_out_in_parts_and_loses_nothing(tmp_path):
+    tracking = _tracking(tmp_path)
+    runs = TrialRuns(tracking)
+    params = {f"p{i:03d}": i for i in range(150)}
+    run_id = runs.run_for("s__big", "s/big", {}, params)
+    epochs = [EpochMetrics(e, {f"m{i:02d}": float(e) for i in range(60)}, 1000 + e) for e in range(1, 21)]
+    runs.finish("s__big", "completed", {"widthtune.status": "completed"}, [], epochs=epochs)
+    client = MlflowClient(tracking.uri)
+    run = client.get_run(run_id)
+    assert len(run.data.params) == 150 and len(run.data.metrics) == 60
+    assert [m.step for m in client.get_metric_history(run_id, "m59")] == list(range(1, 21))
+    assert run.data.tags["widthtune.status"] == "completed"
+
+
+def test_an_epoch_a_killed_driver_never_sent_reaches_the_run_with_its_outcome(tmp_path):
+    tracking = _tracking(tmp_path)
+    killed = TrialRuns(tracking)
+    run_id = killed.run_for("s__k", "s/k", {}, {"train.lr": 0.1})  # epoch 1 was held when the driver died
+    resumed = TrialRuns(tracking)
+    assert resumed.run_for("s__k", "s/k", {}, {"train.lr": 0.1}) == run_id
+    resumed.log_epochs(
+        "s__k", [EpochMetrics(e, {"epoch": float(e), "val_acc": 0.1 * e}, 1000) for e in (2, 3)]
+    )
+    journal = [EpochMetrics(e, {"epoch": float(e), "val_acc": 0.1 * e}, 2000) for e in (1, 2, 3)]
+    resumed.finish("s__k", "completed", {"widthtune.status": "completed"}, [], epochs=journal)
+    history = MlflowClient(tracking.uri).get_metric_history(run_id, "val_acc")
+    assert sorted(m.step for m in history) == [1, 2, 3]  # the missing one added, none twice

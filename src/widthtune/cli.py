@@ -407,6 +407,7 @@ def sync(directory: Annotated[Path, typer.Argument(help="the experiment director
     from widthtune.platform.sync import sync_tracking
     from widthtune.platform.tracking import Tracking, close_parent_run
     from widthtune.platform.tracking_uri import check_tracking_uri
+    from widthtune.results.store import read_trials
 
     directory = directory.expanduser().resolve()
     state = read_state(directory)
@@ -417,7 +418,7 @@ def sync(directory: Annotated[Path, typer.Argument(help="the experiment director
         raise ConfigError(str(error)) from None
     synced = sync_tracking(directory, tracking, state["config_hash"])
     if all(v in ("done", "failed") for v in state["studies"].values()):
-        close_parent_run(tracking, directory / "report", directory / "results")
+        close_parent_run(tracking, directory / "report", read_trials(directory / "results"))
     print(f"MLflow at {tracking.uri}: {synced.created} trial runs created, {synced.found} already there")
 
 

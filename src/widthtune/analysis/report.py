@@ -455,14 +455,17 @@ def _search(page: _Page, rows: list[dict[str, Any]], epochs: list[dict[str, Any]
         )
 
 
-def write_report(directory: Path, out: Path | None = None) -> tuple[Path, Path]:
+def write_report(
+    directory: Path, out: Path | None = None, rows: list[dict[str, Any]] | None = None
+) -> tuple[Path, Path]:
     """Write report.md and report.html (with their figures) into the experiment directory (or `out`).
 
     In a transfer experiment the comparison covers the target's controls, and a transfer section adds the
-    accuracy-vs-overhead table and curve and the width similarity to direct optimisation.
+    accuracy-vs-overhead table and curve and the width similarity to direct optimisation. `rows`: the stored
+    trials when the caller has just read them.
     """
     directory = Path(directory).expanduser().resolve()
-    rows = read_trials(directory / "results")
+    rows = read_trials(directory / "results") if rows is None else rows
     epochs = read_epochs(directory / "results")
     state = state_if_readable(directory)
     out = Path(out).expanduser().resolve() if out is not None else directory / "report"

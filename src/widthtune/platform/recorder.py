@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -15,8 +15,9 @@ from ray import tune
 from widthtune.analysis.profile_svg import PROFILE_SVG, width_profile_svg
 from widthtune.models.artifact import WIDTHS_FILE, make_artifact
 from widthtune.models.cost import CostModel
-from widthtune.platform.tracking import Tracking, TrackingGuard, TrialRuns, saved_tracking
+from widthtune.platform.tracking import EpochMetrics, Tracking, TrackingGuard, TrialRuns, saved_tracking
 from widthtune.results.store import EpochJournal, read_trial, write_trial
+from widthtune.trainables.adapter import reported_widths
 from widthtune.trainables.retraining import Retraining
 from widthtune.trainables.trial import expand_bundle
 from widthtune.training.datasets import DataSpec
@@ -32,6 +33,9 @@ TRANSFER_COLUMNS = {
     "transfer.overhead_flops": "overhead_flops",
     "transfer.overhead_seconds": "overhead_seconds",
 }
+
+# a trial's epochs reach MLflow at most this many seconds after it started (see TrialRecorder)
+LIVE_SECONDS = 2.0
 
 EPOCH_METRICS = (
     "epoch",
@@ -50,6 +54,11 @@ EPOCH_METRICS = (
     "params",
     "search_flops",
 )
+
+
+def epoch_values(record: dict[str, Any]) -> dict[str, float]:
+    """An epoch's metrics for its MLflow run: the numeric ones of `EPOCH_METRICS`."""
+    return {k: float(record[k]) for k in EPOCH_METRICS if isinstance(record.get(k), int | float)}
 
 
 def trial_key(study: str, trial_id: str) -> str:
@@ -100,15 +109,18 @@ def trial_tags(config: dict[str, Any], study: str, role: str, config_hash: str) 
     }
 
 
-def finish_run(runs: TrialRuns, row: dict[str, Any], artifacts: list[Path]) -> None:
-    """Close a stored trial's run: its outcome, its trained widths as params, its artifacts."""
+def finish_run(
+    runs: TrialRuns, row: dict[str, Any], artifacts: list[Path], epochs: Sequence[EpochMetrics] = ()
+) -> None:
+    """Close a stored trial's run: its outcome, its trained widths as params, its artifacts (and any of its
+    epochs not sent yet, in the same batch)."""
     outcome = {"widthtune.status": row["status"]}
     if row.get("error"):
         outcome["widthtune.error"] = row["error"]
     trained = {
         f"widths.{n}": w for n, w in zip(row.get("group_names") or [], row.get("widths") or [], strict=True)
     }
-    runs.finish(row["trial_key"], row["status"], outcome, artifacts, params=trained)
+    runs.finish(row["trial_key"], row["status"], outcome, artifacts, params=trained, epochs=epochs)
 
 
 class TrialRecorder(tune.Callback):
@@ -120,7 +132,9 @@ class TrialRecorder(tune.Callback):
 
     MLflow calls run in order on one writer thread, so Tune's loop (which starts the next trial) never waits on
     the tracking store; the Parquet store is written on Tune's thread. A trial's run is made when the trial
-    starts, and the experiment's end waits until every call has gone out.
+    starts, and the experiment's end waits until every call has gone out. A trial's epochs reach its run at
+    most `LIVE_SECONDS` after the trial started: a younger trial's wait for its next batch, so a short trial's
+    epochs ride with its outcome (every MLflow call costs the driver CPU that the trials train with).
     """
 
     def __init__(
@@ -146,20 +160,33 @@ class TrialRecorder(tune.Callback):
         self._costs: dict[str, CostModel] = {}
         self._writer: ThreadPoolExecutor | None = None
         self._run_ids: dict[str, Future] = {}
+        self._started: dict[str, float] = {}  # trial key -> when its run was asked for (monotonic)
+        self._held: dict[str, list[EpochMetrics]] = {}  # epochs of young trials, not sent yet
+
+    @staticmethod
+    def _transient() -> dict[str, Any]:
+        """What lives in this process only (clients, threads, queued work): rebuilt after pickling."""
+        return {
+            "_runs": None,
+            "_guard": None,
+            "_costs": {},
+            "_opening": None,
+            "_on_opened": None,
+            "_writer": None,
+            "_run_ids": {},
+            "_started": {},
+            "_held": {},
+        }
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         opening = state.pop("_opening", None)
         if state["tracking"] is None and opening is not None and opening.done() and not opening.exception():
             state["tracking"] = opening.result()
-        state.update(_runs=None, _guard=None, _costs={}, _on_opened=None, _writer=None, _run_ids={})
-        return state
+        return state | self._transient()
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(
-            {"_costs": {}, "_opening": None, "_on_opened": None, "uri": None, "_writer": None, "_run_ids": {}}
-            | state
-        )
+        self.__dict__.update({"uri": None} | state | self._transient())
 
     def opened(self) -> Tracking:
         """The experiment's tracking, waited for when it is still opening."""
@@ -218,6 +245,7 @@ class TrialRecorder(tune.Callback):
             runs = self.runs  # here, on Tune's thread: opening the parent run writes the saved state
             name = f"{self.study}/{trial.trial_id}"
             self._run_ids[key] = self._later(runs.run_for, key, name, tags, logged_params(config))
+            self._started[key] = time.monotonic()
         return self._run_ids[key]
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -235,15 +263,32 @@ class TrialRecorder(tune.Callback):
         if self.guard.down:
             return
         self._run(trial)
-        metrics = {k: v for k, v in record.items() if isinstance(v, int | float)}
-        self._later(self._log_epoch, key, int(result["epoch"]), metrics, int(time.time() * 1000))
+        epoch = EpochMetrics(int(result["epoch"]), epoch_values(record), int(time.time() * 1000))
+        self._held.setdefault(key, []).append(epoch)
+        if time.monotonic() - self._started[key] >= LIVE_SECONDS:
+            self._send_held(key)
 
-    def _log_epoch(self, key: str, epoch: int, metrics: dict[str, float], stamp: int) -> None:
+    def _send_held(self, key: str) -> None:
+        """The trial's held epochs to its run, in one batch."""
+        epochs = self._held.pop(key, [])
+        if epochs:
+            self._later(self._log_epochs, key, epochs)
+
+    def _log_epochs(self, key: str, epochs: list[EpochMetrics]) -> None:
         if self._run_ids[key].result() is not None:  # done: queued before this call
-            self.runs.log_epoch(key, epoch, metrics, stamp)
+            self.runs.log_epochs(key, epochs)
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        """Epochs held for trials that are no longer young go out (a slow second epoch never delays the first)."""
+        if self._held:
+            now = time.monotonic()
+            for key in [k for k in self._held if now - self._started[k] >= LIVE_SECONDS]:
+                self._send_held(key)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
-        """Tune ends (or was interrupted): every queued MLflow call goes out first."""
+        """Tune ends (or was interrupted): held epochs and every queued MLflow call go out first."""
+        for key in list(self._held):
+            self._send_held(key)
         self.drain()
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -319,7 +364,7 @@ class TrialRecorder(tune.Callback):
                 )
         row["wall_seconds"] = (last.get("search_seconds") or 0.0) + sum(e.get("seconds", 0.0) for e in epochs)
         artifacts: list[Path] = []
-        widths = last.get("widths")
+        widths = reported_widths(last)
         if widths:
             cost_model = self.cost_model(str(config["model"]))
             space = cost_model.space
@@ -347,5 +392,9 @@ class TrialRecorder(tune.Callback):
             row,
             [{**e, "study": self.study, "label": row["label"], "seed": row["seed"]} for e in epochs],
         )
+        held = self._held.pop(key, [])
         if run_id is not None:
-            self._later(finish_run, self.runs, row, artifacts)
+            # with the held epochs, every journaled one MLflow may lack (sent by a driver killed before it went out)
+            stamp = int(time.time() * 1000)
+            journaled = [EpochMetrics(int(e["epoch"]), epoch_values(e), stamp) for e in epochs]
+            self._later(finish_run, self.runs, row, artifacts, held + journaled)

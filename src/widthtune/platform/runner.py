@@ -29,8 +29,10 @@ from widthtune.platform.planning import plan_studies
 from widthtune.platform.progress import ProgressLine
 from widthtune.platform.recorder import TrialRecorder
 from widthtune.platform.shared_storage import storage_problem
+from widthtune.platform.sqlite_template import seed_sqlite_store
 from widthtune.platform.studies import Study, make_scheduler, make_searcher
 from widthtune.platform.tracking import (
+    SQLITE_FILE,
     Tracking,
     TrackingGuard,
     TrialRuns,
@@ -42,7 +44,7 @@ from widthtune.platform.tracking import (
 from widthtune.platform.tracking_uri import check_tracking_uri
 from widthtune.results.files import EXPERIMENT_FILE, NotWritableError, check_writable
 from widthtune.results.roles import ARTIFACT
-from widthtune.results.store import read_trials, write_artifact, write_trial
+from widthtune.results.store import read_trials, stored_studies, write_artifact, write_trial
 from widthtune.search_spaces.domains import Domain
 from widthtune.trainables.adapter import run_trial
 from widthtune.trainables.artifacts import ArtifactRecipe
@@ -74,9 +76,10 @@ def tune_storage(config: ExperimentConfig, directory: Path) -> str:
 
 
 def _environment() -> None:
-    os.environ.setdefault(
-        "TUNE_GLOBAL_CHECKPOINT_S", "2"
-    )  # experiment state saved often: a killed driver loses little
+    # Tune's own loggers off: the Parquet store and MLflow hold every result (the JSON logger is added back per
+    # study, so each trial folder keeps Tune's result.json); TensorBoard's writer threads and the CSV rows cost
+    # the driver CPU per result that the trials would otherwise train with
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our progress line replaces Tune's tables
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -212,6 +215,7 @@ def _tuner(
 ) -> tuple[Any, Study]:
     """The Tuner that runs (or continues) a study, and the study it runs (less, after a torn Tune state)."""
     from ray import tune
+    from ray.tune.logger import JsonLoggerCallback
 
     path = f"{state['tune_storage']}/{study.key}"
     trainable = _trainable(config)
@@ -245,6 +249,7 @@ def _tuner(
         ProgressLine(
             study.key, config.metric, "max" if config.metric == "val_acc" else "min", study.expected_trials
         ),
+        JsonLoggerCallback(),
     ]
     searcher = make_searcher(study, config)
     fresh = tune.Tuner(
@@ -284,6 +289,8 @@ def _tracking_record(tracking: Tracking) -> dict[str, Any]:
 
 def _open_tracking(config: ExperimentConfig, directory: Path, uri: str, source: dict[str, str]) -> Tracking:
     """The MLflow experiment (made or found) and this widthtune experiment's parent run."""
+    if uri == sqlite_uri(directory):
+        seed_sqlite_store(directory / SQLITE_FILE)
     return open_parent_run(
         uri,
         config.name,
@@ -364,7 +371,7 @@ def _run_study(
         return
     results = tuner.fit()
     ended = results.num_terminated + results.num_errors
-    stored = sum(r["study"] == study.key for r in read_trials(directory / "results"))
+    stored = stored_studies(directory / "results")[study.key]
     if ended < len(results) or stored < study.expected_trials:
         raise ExperimentInterrupted(
             f"study {study.key} was interrupted with trials unfinished; continue with: widthtune resume {directory}"
@@ -534,8 +541,9 @@ def execute(
     finally:
         if opening is not None:
             opened(opening.result())
-    write_report(directory)
-    guard.call(close_parent_run, Tracking(**state["tracking"]), directory / "report", directory / "results")
+    rows = read_trials(directory / "results")  # once, for the report and the parent run's summary
+    write_report(directory, rows=rows)
+    guard.call(close_parent_run, Tracking(**state["tracking"]), directory / "report", rows)
     return state
 
 

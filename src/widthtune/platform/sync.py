@@ -13,8 +13,8 @@ from pathlib import Path
 
 from widthtune.analysis.profile_svg import PROFILE_SVG
 from widthtune.models.artifact import WIDTHS_FILE
-from widthtune.platform.recorder import EPOCH_METRICS, finish_run, logged_params, trial_tags
-from widthtune.platform.tracking import Tracking, TrialRuns
+from widthtune.platform.recorder import epoch_values, finish_run, logged_params, trial_tags
+from widthtune.platform.tracking import EpochMetrics, Tracking, TrialRuns
 from widthtune.results.store import read_epochs, read_trials, write_trial
 
 
@@ -46,12 +46,11 @@ def sync_tracking(directory: Path, tracking: Tracking, config_hash: str) -> Sync
         )
         created, found = (created + 1, found) if runs.created > before else (created, found + 1)
         epochs = sorted(epochs_by_trial.get(key, []), key=lambda e: e["epoch"])
-        for epoch in epochs:
-            metrics = {k: float(epoch[k]) for k in EPOCH_METRICS if epoch.get(k) is not None}
-            runs.log_epoch(key, int(epoch["epoch"]), metrics, int(time.time() * 1000))
+        stamp = int(time.time() * 1000)
+        points = [EpochMetrics(int(e["epoch"]), epoch_values(e), stamp) for e in epochs]
         folder = Path(directory) / "trials" / key
         artifacts = [p for p in (folder / WIDTHS_FILE, folder / PROFILE_SVG) if p.is_file()]
-        finish_run(runs, row, artifacts)
+        finish_run(runs, row, artifacts, points)  # the missing epochs ride with the outcome
         if row["mlflow_run_id"] != run_id:
             write_trial(results, {**row, "mlflow_run_id": run_id}, epochs)
     return Synced(created, found)

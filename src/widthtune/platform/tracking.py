@@ -19,15 +19,20 @@ from pathlib import Path
 from typing import Any
 
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.store.artifact.artifact_repo import ArtifactRepository
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.tracking import MlflowClient
 
 from widthtune.analysis.report import comparison
 from widthtune.results.files import EXPERIMENT_FILE
-from widthtune.results.store import read_trials
 
 PARENT_TAG = "mlflow.parentRunId"
 TRIAL_KEY_TAG = "widthtune.trial_key"
 MAX_PARAM_LENGTH = 500
+# MLflow's limits on one log_batch: params, and items of all kinds
+MAX_PARAMS = 100
+MAX_BATCH = 1000
+SQLITE_FILE = "mlflow.db"  # the default store, in the experiment folder
 # the MLflow UI opens a classic ML experiment on its runs table (not the GenAI overview)
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 CLASSIC_ML = "custom_model_development"
@@ -55,7 +60,7 @@ def saved_tracking(directory: Path | str) -> Tracking:
 
 def sqlite_uri(directory: Path) -> str:
     """The default store: a sqlite file in the experiment directory (absolute path)."""
-    return f"sqlite:///{(directory / 'mlflow.db').resolve()}"
+    return f"sqlite:///{(directory / SQLITE_FILE).resolve()}"
 
 
 def quoted(value: str) -> str:
@@ -122,6 +127,15 @@ def open_parent_run(
     return Tracking(uri, experiment_id, run.info.run_id, source)
 
 
+@dataclass(frozen=True)
+class EpochMetrics:
+    """One epoch of a trial as its MLflow run gets it: the metrics, at step `epoch`, stamped when reported."""
+
+    epoch: int
+    values: Mapping[str, float]
+    timestamp_ms: int
+
+
 def _param_value(value: Any) -> str:
     text = str(value)
     return text if len(text) <= MAX_PARAM_LENGTH else text[: MAX_PARAM_LENGTH - 3] + "..."
@@ -139,9 +153,10 @@ class TrialRuns:
         self.tracking = tracking
         self.client = tracking.client()
         self.run_ids: dict[str, str] = {}
-        self.logged_epoch: dict[str, int] = {}
+        self.logged_epochs: dict[str, set[int]] = {}  # per run, the epochs MLflow holds
         self.logged_params: dict[str, set[str]] = {}
         self.unsent: dict[str, list[Param]] = {}  # a new run's params, sent with its next batch
+        self.artifact_uris: dict[str, str] = {}  # where each run's files go (known once it is made or found)
         self.created = 0  # runs this object created (a backfill counts what was missing)
         self._existing: dict[str, str] | None = None
 
@@ -172,8 +187,10 @@ class TrialRuns:
         run_id = self._existing_runs().get(key)
         if run_id is not None:
             history = self.client.get_metric_history(run_id, "epoch")
-            self.logged_epoch[key] = max((int(m.value) for m in history), default=0)
-            held = set(self.client.get_run(run_id).data.params)
+            self.logged_epochs[key] = {int(m.value) for m in history}
+            found = self.client.get_run(run_id)
+            held = set(found.data.params)
+            self.artifact_uris[key] = found.info.artifact_uri
         else:
             run = self.client.create_run(
                 self.tracking.experiment_id,
@@ -186,8 +203,9 @@ class TrialRuns:
                 },
             )
             run_id = run.info.run_id
+            self.artifact_uris[key] = run.info.artifact_uri
             self.created += 1
-            self.logged_epoch[key] = 0
+            self.logged_epochs[key] = set()
             held = set()
             self._existing_runs()[key] = run_id
         items = [
@@ -198,13 +216,27 @@ class TrialRuns:
         self.run_ids[key] = run_id
         return run_id
 
-    def log_epoch(self, key: str, epoch: int, metrics: Mapping[str, float], timestamp_ms: int) -> None:
-        """Metrics at step=epoch, once per epoch."""
-        if epoch <= self.logged_epoch.get(key, 0):
-            return
-        items = [Metric(k, float(v), timestamp_ms, epoch) for k, v in metrics.items()]
-        self._send(key, metrics=items)
-        self.logged_epoch[key] = epoch
+    def _unlogged(self, key: str, epochs: Sequence[EpochMetrics]) -> list[Metric]:
+        """The epochs the run lacks, as MLflow metrics at step=epoch."""
+        done = self.logged_epochs.setdefault(key, set())
+        unique = {
+            e.epoch: e for e in reversed(epochs) if e.epoch not in done
+        }  # the first report of each wins
+        return [
+            Metric(name, float(value), e.timestamp_ms, e.epoch)
+            for e in sorted(unique.values(), key=lambda e: e.epoch)
+            for name, value in e.values.items()
+        ]
+
+    def _logged(self, key: str, epochs: Sequence[EpochMetrics]) -> None:
+        self.logged_epochs.setdefault(key, set()).update(e.epoch for e in epochs)
+
+    def log_epochs(self, key: str, epochs: Sequence[EpochMetrics]) -> None:
+        """Epochs in one batch, each once (those already logged, e.g. before a resume, are skipped)."""
+        items = self._unlogged(key, epochs)
+        if items:
+            self._send(key, metrics=items)
+        self._logged(key, epochs)
 
     def _send(
         self,
@@ -213,12 +245,18 @@ class TrialRuns:
         params: Sequence[Param] = (),
         tags: Sequence[RunTag] = (),
     ) -> None:
-        """One batch with the run's unsent params in front (MLflow takes at most 100 params a batch)."""
+        """One batch with the run's unsent params in front; more only past MLflow's limits on a batch (100
+        params, 1000 metrics, 1000 items in all)."""
         params = [*self.unsent.pop(key, []), *params]
         run_id = self.run_ids[key]
-        self.client.log_batch(run_id, metrics=list(metrics), params=params[:100], tags=list(tags))
-        for start in range(100, len(params), 100):
-            self.client.log_batch(run_id, params=params[start : start + 100])
+        first = MAX_BATCH - min(len(params), MAX_PARAMS) - len(tags)
+        self.client.log_batch(
+            run_id, metrics=list(metrics[:first]), params=params[:MAX_PARAMS], tags=list(tags)
+        )
+        for start in range(MAX_PARAMS, len(params), MAX_PARAMS):
+            self.client.log_batch(run_id, params=params[start : start + MAX_PARAMS])
+        for start in range(first, len(metrics), MAX_BATCH):
+            self.client.log_batch(run_id, metrics=list(metrics[start : start + MAX_BATCH]))
 
     def finish(
         self,
@@ -227,24 +265,39 @@ class TrialRuns:
         tags: Mapping[str, str],
         artifacts: list[Path],
         params: Mapping[str, Any] | None = None,
+        epochs: Sequence[EpochMetrics] = (),
     ) -> None:
         """Tag the outcome, log what was trained, attach artifacts, close the run.
 
         A trial a scheduler stopped ended normally: FINISHED, with `widthtune.status=stopped`; only an error is
-        FAILED. Params logged here (the trained widths) are those not logged at the run's start.
+        FAILED. Params logged here (the trained widths) are those not logged at the run's start; `epochs` not
+        sent yet go in the same batch.
         """
         run_id = self.run_ids[key]
         logged = self.logged_params[key]
         items = [Param(k, _param_value(v)) for k, v in sorted((params or {}).items()) if k not in logged]
-        self._send(key, params=items, tags=[RunTag(k, _param_value(v)) for k, v in tags.items()])
+        outcome = [RunTag(k, _param_value(v)) for k, v in tags.items()]
+        self._send(key, metrics=self._unlogged(key, epochs), params=items, tags=outcome)
+        self._logged(key, epochs)
         logged.update(p.key for p in items)
-        log_files(self.client, run_id, artifacts)
+        if artifacts:
+            log_files(artifact_repository(self.tracking.uri, self.artifact_uris[key]), artifacts)
         mlflow_status = "FAILED" if status == "errored" else "FINISHED"
         self.client.set_terminated(run_id, status=mlflow_status)
 
 
+def artifact_repository(uri: str, artifact_uri: str) -> ArtifactRepository:
+    """A run's artifact store from its artifact URI (known when the run is made: no read of the run to find it)."""
+    return get_artifact_repository(artifact_uri, tracking_uri=uri)
+
+
+def run_artifacts(uri: str, run_id: str) -> ArtifactRepository:
+    """The artifact store of a run whose artifact URI is not at hand (one read of the run)."""
+    return artifact_repository(uri, MlflowClient(tracking_uri=uri).get_run(run_id).info.artifact_uri)
+
+
 def log_files(
-    client: MlflowClient, run_id: str, paths: Sequence[Path], artifact_path: str | None = None
+    repository: ArtifactRepository, paths: Sequence[Path], artifact_path: str | None = None
 ) -> None:
     """Attach files to a run: one call for a folder that holds exactly these files (a round-trip per file
     costs a short trial more than its MLflow metrics do), else one call per file."""
@@ -252,10 +305,10 @@ def log_files(
     if len(folders) == 1 and len(paths) > 1:
         folder = folders.pop()
         if sorted(folder.iterdir()) == sorted(Path(p) for p in paths):
-            client.log_artifacts(run_id, str(folder), artifact_path=artifact_path)
+            repository.log_artifacts(str(folder), artifact_path=artifact_path)
             return
     for path in paths:
-        client.log_artifact(run_id, str(path), artifact_path=artifact_path)
+        repository.log_artifact(str(path), artifact_path=artifact_path)
 
 
 class TrackingGuard:
@@ -315,14 +368,16 @@ def summary_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
     return out
 
 
-def close_parent_run(tracking: Tracking, report: Path, results: Path) -> None:
-    """The parent run gets the summary metrics per method, the report with its figures, and FINISHED."""
+def close_parent_run(tracking: Tracking, report: Path, rows: list[dict[str, Any]]) -> None:
+    """The parent run gets the summary metrics per method (from the stored trial `rows`), the report with its
+    figures, and FINISHED."""
     client = tracking.client()
-    metrics = summary_metrics(read_trials(results))
+    metrics = summary_metrics(rows)
     stamp = int(time.time() * 1000)
     items = [Metric(k, v, stamp, 0) for k, v in sorted(metrics.items())]
     for start in range(0, len(items), 500):
         client.log_batch(tracking.parent_run_id, metrics=items[start : start + 500])
     files = [path for path in sorted(report.iterdir()) if path.is_file()] if report.is_dir() else []
-    log_files(client, tracking.parent_run_id, files, artifact_path="report")
+    if files:
+        log_files(run_artifacts(tracking.uri, tracking.parent_run_id), files, artifact_path="report")
     client.set_terminated(tracking.parent_run_id, status="FINISHED")

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 TRIAL_SCHEMA = pa.schema(
@@ -130,11 +132,17 @@ def write_trial(root: Path, row: Mapping[str, Any], epochs: list[Mapping[str, An
     _write(pa.Table.from_pylist(rows, schema=EPOCH_SCHEMA), root / "epochs" / f"{key}.parquet")
 
 
-def _read(folder: Path, schema: pa.Schema) -> list[dict[str, Any]]:
-    files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
+def _table(folder: Path, schema: pa.Schema, columns: list[str] | None = None) -> pa.Table | None:
+    """The folder's files as one table (a column a file lacks, from an older widthtune, reads as null)."""
+    files = sorted(str(f) for f in folder.glob("*.parquet")) if folder.is_dir() else []
     if not files:
-        return []
-    return pa.concat_tables([pq.read_table(f, schema=schema) for f in files]).to_pylist()
+        return None
+    return ds.dataset(files, schema=schema, format="parquet").to_table(columns=columns)
+
+
+def _read(folder: Path, schema: pa.Schema) -> list[dict[str, Any]]:
+    table = _table(folder, schema)
+    return [] if table is None else table.to_pylist()
 
 
 def results_root(path: str | Path) -> Path:
@@ -152,6 +160,12 @@ def read_trial(root: str | Path, key: str) -> dict[str, Any] | None:
 def read_trials(root: str | Path) -> list[dict[str, Any]]:
     """Every stored trial row; `root` is the experiment folder or its `results/` (a str or a Path)."""
     return _read(results_root(root) / "trials", TRIAL_SCHEMA)
+
+
+def stored_studies(root: str | Path) -> Counter[str]:
+    """How many trials each study has stored (one column read: cheap after a sweep of many trials)."""
+    table = _table(results_root(root) / "trials", TRIAL_SCHEMA, columns=["study"])
+    return Counter() if table is None else Counter(table.column("study").to_pylist())
 
 
 def write_artifact(root: Path, row: Mapping[str, Any]) -> None:

@@ -8,6 +8,7 @@ PBT-exploited trial resumes where it stopped instead of searching again.
 from __future__ import annotations
 
 import functools
+import json
 import pickle
 import tempfile
 import time
@@ -137,9 +138,19 @@ def epoch_metrics(
         search_seconds=found.search_seconds,
         train_flops=float(TRAIN_FLOPS_PER_MAC_PER_IMAGE * cost.macs * record.images_seen),
         epochs=epochs,
-        widths=found.widths.as_dict(),
+        widths=json.dumps(found.widths.as_dict()),
     )
     return {k: v for k, v in metrics.items() if v is not None}
+
+
+def reported_widths(result: Mapping[str, Any]) -> dict[str, int] | None:
+    """The trained widths a trial's result carries (group: channels), or None before it has any.
+
+    They travel as one JSON text, not as a nested dict: Tune would flatten that into one metric per group, keep
+    running statistics of each and save them with every trial's state (driver CPU a deep model pays per result).
+    """
+    text = result.get("widths")
+    return {str(k): int(v) for k, v in json.loads(text).items()} if text else None
 
 
 def save_trial_state(directory: Path, state: TrainState, found: FoundWidths) -> None:

@@ -32,6 +32,7 @@ from widthtune.trainables.adapter import (
     epoch_metrics,
     find_widths,
     load_trial_state,
+    reported_widths,
     save_model,
     save_trial_state,
     starting_weights,
@@ -184,9 +185,10 @@ def _run_data_parallel(config: dict[str, Any]) -> None:
     )
     result = trainer.fit()
     metrics = result.metrics or {}
-    if "widths" in metrics and not (trial_dir / WIDTHS_FILE).is_file():
+    found = reported_widths(metrics)
+    if found is not None and not (trial_dir / WIDTHS_FILE).is_file():
         trial = TrialSpec.parse(config)
-        widths = Widths.from_mapping(worker_cost_model(trial.model).space, metrics["widths"])
+        widths = Widths.from_mapping(worker_cost_model(trial.model).space, found)
         make_artifact(trial.model, widths, method=trial.method, provenance={"trial": dict(trial.flat)}).save(
             trial_dir / WIDTHS_FILE
         )
