@@ -14,10 +14,16 @@ from widthtune.platform.sqlite_template import CACHE_ENV, seed_sqlite_store, tem
 from widthtune.platform.tracking import open_parent_run
 
 
-def _schema(database: Path) -> set[tuple[str, str, str]]:
+def _clauses(sql: str) -> tuple[str, ...]:
+    """A statement's lines without their order: the order in which an alembic batch migration re-creates a table's
+    constraints varies between runs, the columns and constraints themselves do not."""
+    return tuple(sorted(line.strip().rstrip(",").strip() for line in sql.splitlines() if line.strip()))
+
+
+def _schema(database: Path) -> set[tuple[str, str, tuple[str, ...]]]:
     with contextlib.closing(sqlite3.connect(database)) as connection:
         rows = connection.execute("SELECT type, name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'")
-        return {(kind, name, sql or "") for kind, name, sql in rows}
+        return {(kind, name, _clauses(sql or "")) for kind, name, sql in rows}
 
 
 def _revision(database: Path) -> str:
