@@ -3,7 +3,8 @@
 A depth-wise binary convolution (DBC) -- one learnable value v per channel, initialised at `init` (0.6) --
 multiplies every prunable channel group's outputs at its mask sites (`models.mask_sites`: after the norms
 that write the group, or after a RepVGG block's ReLU; a residual stream's writers share one mask). The
-forward uses b = 1[v > threshold] (0.5); the backward passes dL/db to v unchanged (straight-through).
+forward uses b = 1[v > threshold] (0.5), a group keeping at least its minimum channels (those of highest v:
+an emptied stream would cut the network); the backward passes dL/db to v unchanged (straight-through).
 
 - Loss: the task loss + beta x ((cost(b) - C) / cost_unit)^2, where cost(b) is the arithmetic cost model
   (`CostModel.cost_tensor`, the task's convention, MACs by default) evaluated at each group's mask sum, so
@@ -66,9 +67,18 @@ REPARAMETERISED_BETA = 0.1
 DEFAULT_BETA = 5.0
 
 
-def binarize(values: Tensor, threshold: float) -> Tensor:
-    """b = 1[v > threshold] forward; the gradient passes to v unchanged (the straight-through estimator)."""
-    hard = (values > threshold).to(values.dtype)
+def kept_bits(values: Tensor, threshold: float, minimum: int = 0) -> Tensor:
+    """1[v > threshold], raised to the `minimum` channels of highest v when fewer pass (a group never empties)."""
+    hard = values > threshold
+    if int(hard.sum()) < minimum:
+        hard = hard.clone()
+        hard[torch.topk(values.detach(), minimum).indices] = True
+    return hard
+
+
+def binarize(values: Tensor, threshold: float, minimum: int = 0) -> Tensor:
+    """b = kept_bits(v) forward; the gradient passes to v unchanged (the straight-through estimator)."""
+    hard = kept_bits(values.detach(), threshold, minimum).to(values.dtype)
     return values + (hard - values).detach()
 
 
@@ -88,6 +98,11 @@ class MaskedNetwork(nn.Module):
         self.space = space
         self.threshold = threshold
         self.names = tuple(name for name in space.names if name in sites)
+        # an emptied group would cut the network (an emptied stream feeds the next norm zeros, whose gradient
+        # explodes): the search keeps each group's minimum, as the frozen widths do
+        self.minimums = tuple(
+            min(space[name].base, max(1, smallest_width(space[name]))) for name in self.names
+        )
         self.values = nn.ParameterList(
             [nn.Parameter(torch.full((space[name].base,), float(init))) for name in self.names]
         )
@@ -99,7 +114,7 @@ class MaskedNetwork(nn.Module):
         ]
 
     def _mask(self, index: int, module: nn.Module, inputs: tuple, output: Tensor) -> Tensor:
-        bits = binarize(self.values[index], self.threshold).to(output.dtype)
+        bits = binarize(self.values[index], self.threshold, self.minimums[index]).to(output.dtype)
         return output * bits.reshape(1, -1, *([1] * (output.dim() - 2)))
 
     def forward(self, x: Tensor) -> Tensor:
@@ -107,7 +122,10 @@ class MaskedNetwork(nn.Module):
 
     def bits(self) -> dict[str, Tensor]:
         """Each masked group's binary mask (detached)."""
-        return {name: (v.detach() > self.threshold) for name, v in zip(self.names, self.values, strict=True)}
+        return {
+            name: kept_bits(v.detach(), self.threshold, minimum)
+            for name, v, minimum in zip(self.names, self.values, self.minimums, strict=True)
+        }
 
     def scores(self) -> dict[str, Tensor]:
         """Each masked group's mask values v (detached, on the CPU): the order channels are kept in."""
@@ -116,7 +134,8 @@ class MaskedNetwork(nn.Module):
     def widths(self) -> Tensor:
         """Every group's width as a differentiable tensor: a masked group's mask sum, else its base width."""
         sums = {
-            name: binarize(v, self.threshold).sum() for name, v in zip(self.names, self.values, strict=True)
+            name: binarize(v, self.threshold, minimum).sum()
+            for name, v, minimum in zip(self.names, self.values, self.minimums, strict=True)
         }
         device = self.values[0].device if self.names else torch.device("cpu")
         return torch.stack([sums.get(g.name, torch.tensor(float(g.base), device=device)) for g in self.space])
