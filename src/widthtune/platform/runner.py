@@ -492,16 +492,21 @@ def _prepared(
 
 
 def execute(
-    directory: Path, say: Callable[[str], None] = print, opening: Future | None = None
+    directory: Path,
+    say: Callable[[str], None] = print,
+    opening: Future | None = None,
+    config: ExperimentConfig | None = None,
 ) -> dict[str, Any]:
     """Run (or continue) every study that is not done; returns the final state.
 
     `opening`: the parent run still opening on another thread (a new experiment's); without it, a state whose
-    parent run never finished opening (its driver was stopped in those seconds) gets one now.
+    parent run never finished opening (its driver was stopped in those seconds) gets one now. `config`: the
+    experiment's config when the caller has just validated it (a new experiment's); else the state's is.
     """
     directory = Path(directory).expanduser().resolve()
     state = read_state(directory)
-    config = validate_config(state["config"])
+    if config is None:  # a resume: the stored config, checked again against today's models and methods
+        config = validate_config(state["config"])
     try:
         check_writable(directory, "resume writes its trials, checkpoints and report there")
     except NotWritableError as error:
@@ -559,5 +564,5 @@ def run_experiment(config: ExperimentConfig, say: Callable[[str], None] = print)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="widthtune-mlflow") as pool:
         directory, opening = create_experiment(config, pool)
         say(f"experiment {config.name}: {directory}")
-        execute(directory, say, opening)
+        execute(directory, say, opening, config)
     return directory
