@@ -68,12 +68,10 @@ DEFAULT_BETA = 5.0
 
 
 def kept_bits(values: Tensor, threshold: float, minimum: int = 0) -> Tensor:
-    """1[v > threshold], raised to the `minimum` channels of highest v when fewer pass (a group never empties)."""
-    hard = values > threshold
-    if int(hard.sum()) < minimum:
-        hard = hard.clone()
-        hard[torch.topk(values.detach(), minimum).indices] = True
-    return hard
+    """1[v > threshold], raised to the `minimum` channels of highest v when fewer pass (a group never empties).
+
+    The top `minimum` are always set: when that many pass they are among them, so no count (no host sync)."""
+    return (values > threshold).index_fill(0, torch.topk(values.detach(), minimum).indices, True)
 
 
 def binarize(values: Tensor, threshold: float, minimum: int = 0) -> Tensor:
