@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# two test processes, one per core; a test file stays in one process (its module fixtures start Ray once)
+PYTEST_WORKERS ?= 2
 PYTEST_ARGS ?=
 
 .PHONY: test demo lint unit fast bench venv clean
@@ -27,11 +29,11 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests benchmarks
 
 unit: $(STAMP)
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 ## make fast: the suite without slow tests
 fast: $(STAMP)
-	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile -m "not slow" $(PYTEST_ARGS)
 
 ## make bench: the benchmarks (figures printed as ratios against a same-run baseline)
 bench: $(STAMP)

@@ -8,10 +8,14 @@ import torch
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
+# under pytest-xdist (`make test` runs one test process per core) each process keeps to one thread
+THREADS = 1 if os.environ.get("PYTEST_XDIST_WORKER") else 2
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _threads():
     previous = torch.get_num_threads()
-    torch.set_num_threads(min(2, previous))
+    torch.set_num_threads(min(THREADS, previous))
     yield
     torch.set_num_threads(previous)
 

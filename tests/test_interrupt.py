@@ -21,7 +21,7 @@ def config(tmp_path, name):
         "name": name,
         "model": "resnet_cifar:depth=8",
         "data": {"name": "digits", "resolution": 8, "fraction": 0.3},
-        "train": {"epochs": 6, "batch_size": 32, "lr": 0.05},
+        "train": {"epochs": 3, "batch_size": 32, "lr": 0.05},
         "method": "uniform",
         "cost_target": {"ratio": 0.5},
         "seeds": [0, 1, 2],
@@ -81,5 +81,5 @@ def test_ctrl_c_leaves_the_study_resumable_and_resume_finishes_it(tmp_path, mome
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
     rows = read_trials(directory / "results")
     assert sorted(r["seed"] for r in rows) == [0, 1, 2]
-    assert all(r["status"] == "completed" and r["epochs_trained"] == 6 for r in rows)
+    assert all(r["status"] == "completed" and r["epochs_trained"] == 3 for r in rows)
     assert read_state(directory)["studies"]["uniform"] == "done"

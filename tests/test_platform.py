@@ -202,7 +202,7 @@ def test_driver_killed_mid_sweep_then_resumed_completes_every_trial_once(tmp_pat
     config = experiment_config(
         tmp_path,
         name="killed",
-        train={"epochs": 8, "batch_size": 32, "lr": 0.05},
+        train={"epochs": 4, "batch_size": 32, "lr": 0.05},
         seeds=[0, 1, 2, 3],
         max_failures=1,
     )
@@ -238,26 +238,35 @@ def test_driver_killed_mid_sweep_then_resumed_completes_every_trial_once(tmp_pat
     assert session_processes(session) == []  # what the killed driver's Ray left running was stopped
     rows = read_trials(results)
     assert len(rows) == 4 and len({r["trial_id"] for r in rows}) == 4
-    assert all(r["status"] == "completed" and r["epochs_trained"] == 8 for r in rows), [
+    assert all(r["status"] == "completed" and r["epochs_trained"] == 4 for r in rows), [
         (r["status"], r["epochs_trained"], r["error"]) for r in rows
     ]
     epochs = read_epochs(results)
     for row in rows:
-        assert sorted(e["epoch"] for e in epochs if e["trial_key"] == row["trial_key"]) == list(range(1, 9))
+        assert sorted(e["epoch"] for e in epochs if e["trial_key"] == row["trial_key"]) == list(range(1, 5))
     client, runs = child_runs(tmp_path / "killed")
     keys = [r.data.tags["widthtune.trial_key"] for r in runs]
     assert sorted(keys) == sorted(r["trial_key"] for r in rows)
     assert all(r.info.status == "FINISHED" for r in runs)
     for run in runs:
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")]
-        assert sorted(steps) == list(range(1, 9))
+        assert sorted(steps) == list(range(1, 5))
     assert read_state(tmp_path / "killed")["studies"] == {"uniform": "done"}
 
 
 @pytest.mark.slow
 def test_quickstart_prints_the_table_the_report_and_the_mlflow_command(tmp_path):
     done = subprocess.run(
-        [sys.executable, "-m", "widthtune.cli", "quickstart", "--storage", str(tmp_path)],
+        [
+            sys.executable,
+            "-m",
+            "widthtune.cli",
+            "quickstart",
+            "--storage",
+            str(tmp_path),
+            "--set",
+            "train.epochs=3",
+        ],
         env={**os.environ, "RAY_AUTH_MODE": "disabled"},
         capture_output=True,
         text=True,

@@ -90,10 +90,10 @@ def test_the_sweep_outlives_its_tracking_server_and_sync_backfills_it(tmp_path, 
         "name": "served",
         "model": "resnet_cifar:depth=8",
         "data": {"name": "digits", "resolution": 8, "fraction": 0.3},
-        "train": {"epochs": 4, "batch_size": 32},
+        "train": {"epochs": 2, "batch_size": 32},
         "method": "uniform",
         "cost_target": {"ratio": 0.5},
-        "seeds": [0, 1, 2, 3, 4],
+        "seeds": [0, 1, 2],
         "search": {"name": "random", "max_concurrent": 1},
         "tracking_uri": uri,
         "storage": str(tmp_path),
@@ -115,7 +115,7 @@ def test_the_sweep_outlives_its_tracking_server_and_sync_backfills_it(tmp_path, 
     assert run.returncode == 0, err[-3000:]
     assert err.count("warning: MLflow") == 1 and "Traceback" not in err, err[-3000:]
     rows = read_trials(tmp_path / "served")
-    assert len(rows) == 5 and all(r["status"] == "completed" for r in rows)
+    assert len(rows) == 3 and all(r["status"] == "completed" for r in rows)
 
     server = start_server(tmp_path, port)
     try:
