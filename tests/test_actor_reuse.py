@@ -17,7 +17,7 @@ def sweep(tmp_path, reuse):
         "name": f"reuse-{reuse}".lower(),
         "model": "resnet_cifar:depth=8",
         "data": {"name": "digits", "resolution": 8, "fraction": 0.3},
-        "train": {"epochs": 2, "batch_size": 64, "lr": 0.05},
+        "train": {"epochs": 1, "batch_size": 64, "lr": 0.05},
         "method": {"name": "random", "shape_seed": {"grid": [1, 2]}},
         "cost_target": {"ratio": 0.5},
         "seeds": [0, 1],

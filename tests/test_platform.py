@@ -203,7 +203,7 @@ def test_driver_killed_mid_sweep_then_resumed_completes_every_trial_once(tmp_pat
         tmp_path,
         name="killed",
         train={"epochs": 4, "batch_size": 32, "lr": 0.05},
-        seeds=[0, 1, 2, 3],
+        seeds=[0, 1, 2],
         max_failures=1,
     )
     path = tmp_path / "killed.yaml"
@@ -228,7 +228,7 @@ def test_driver_killed_mid_sweep_then_resumed_completes_every_trial_once(tmp_pat
     driver.send_signal(signal.SIGKILL)
     driver.wait()
     stored_before = len(read_trials(results))
-    assert 1 <= stored_before < 4
+    assert 1 <= stored_before < 3
     session = json.loads((tmp_path / "killed" / SESSION_FILE).read_text())["session_dir"]
 
     resumed = subprocess.run(
@@ -237,7 +237,7 @@ def test_driver_killed_mid_sweep_then_resumed_completes_every_trial_once(tmp_pat
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert session_processes(session) == []  # what the killed driver's Ray left running was stopped
     rows = read_trials(results)
-    assert len(rows) == 4 and len({r["trial_id"] for r in rows}) == 4
+    assert len(rows) == 3 and len({r["trial_id"] for r in rows}) == 3
     assert all(r["status"] == "completed" and r["epochs_trained"] == 4 for r in rows), [
         (r["status"], r["epochs_trained"], r["error"]) for r in rows
     ]
@@ -266,6 +266,8 @@ def test_quickstart_prints_the_table_the_report_and_the_mlflow_command(tmp_path)
             str(tmp_path),
             "--set",
             "train.epochs=3",
+            "--set",
+            "seeds=[0]",
         ],
         env={**os.environ, "RAY_AUTH_MODE": "disabled"},
         capture_output=True,
@@ -278,4 +280,4 @@ def test_quickstart_prints_the_table_the_report_and_the_mlflow_command(tmp_path)
     (directory,) = [p for p in Path(tmp_path).iterdir() if p.is_dir()]
     rows = read_trials(directory / "results")
     assert {r["method"] for r in rows} == {"uniform", "random", "direct"}
-    assert {r["seed"] for r in rows} == {0, 1}
+    assert {r["seed"] for r in rows} == {0}  # the shipped two seeds, cut to one here

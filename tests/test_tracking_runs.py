@@ -123,9 +123,39 @@ def test_a_recorder_pickled_while_its_parent_run_opened_reads_the_saved_state(tm
     assert restored.opened() == Tracking(**saved)
     heard = []
     live = TrialRecorder(str(tmp_path), "s", opening, "hash", uri=tracking.uri, on_opened=heard.append)
+    live.on_step_end(0, [])
+    assert heard == []  # Tune's thread never waits for the opening
     opening.set_result(tracking)
-    assert live.opened() is tracking and heard == [tracking]
+    live.on_step_end(0, [])
+    live.on_step_end(0, [])
+    assert heard == [tracking]  # recorded once, on Tune's thread
+    assert live.opened() is tracking
     assert pickle.loads(pickle.dumps(live)).tracking == tracking
+
+
+@pytest.mark.timeout(120)  # a recorder that waited for the opening on Tune's thread would hang here
+def test_a_trial_that_ends_while_the_parent_run_opens_is_stored_at_once_and_gets_its_run_id(tmp_path):
+    from concurrent.futures import Future
+
+    from widthtune.platform.recorder import TrialRecorder
+    from widthtune.results.store import read_trial
+
+    opening: Future = Future()
+    heard = []
+    recorder = TrialRecorder(
+        str(tmp_path), "s", opening, "hash", uri=sqlite_uri(tmp_path), on_opened=heard.append
+    )
+    _recorded_trial(recorder, "early", epochs=2)  # on Tune's thread: returns although MLflow is not open yet
+    row = read_trial(tmp_path / "results", "s__early")
+    assert row["status"] == "completed" and row["mlflow_run_id"] is None and heard == []
+    tracking = _tracking(tmp_path)
+    opening.set_result(tracking)
+    recorder.on_experiment_end([])
+    assert heard == [tracking]
+    row = read_trial(tmp_path / "results", "s__early")
+    run = MlflowClient(tracking.uri).get_run(row["mlflow_run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags["widthtune.trial_key"] == "s__early"
+    assert run.data.metrics["val_acc"] == pytest.approx(0.2)
 
 
 @pytest.mark.usefixtures("local_ray")

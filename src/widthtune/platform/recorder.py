@@ -131,8 +131,9 @@ class TrialRecorder(tune.Callback):
     MLflow call waits for it and hands it to `on_opened`; pickled before then, it reads the saved state instead.
 
     MLflow calls run in order on one writer thread, so Tune's loop (which starts the next trial) never waits on
-    the tracking store; the Parquet store is written on Tune's thread. A trial's run is made when the trial
-    starts, and the experiment's end waits until every call has gone out. A trial's epochs reach its run at
+    the tracking store, not even for the parent run still opening; the Parquet store is written on Tune's thread.
+    A trial's run is made when the trial starts; a row stored before its run existed gets the run's id when the
+    run is closed; the experiment's end waits until every call has gone out. A trial's epochs reach its run at
     most `LIVE_SECONDS` after the trial started: a younger trial's wait for its next batch, so a short trial's
     epochs ride with its outcome (every MLflow call costs the driver CPU that the trials train with).
     """
@@ -189,15 +190,23 @@ class TrialRecorder(tune.Callback):
         self.__dict__.update({"uri": None} | state | self._transient())
 
     def opened(self) -> Tracking:
-        """The experiment's tracking, waited for when it is still opening."""
+        """The experiment's tracking, waited for when it is still opening (on the writer thread)."""
         if self.tracking is None:
             if self._opening is not None:
                 self.tracking = self._opening.result()
-                if self._on_opened is not None:
-                    self._on_opened(self.tracking)
             else:
                 self.tracking = saved_tracking(self.directory)
         return self.tracking
+
+    def _record_opened(self) -> None:
+        """On Tune's thread, once the parent run has opened: its ids go to the saved state (whose only writer
+        that thread is), without waiting for it."""
+        opening = self._opening
+        if self._on_opened is None or opening is None or not opening.done():
+            return
+        record, self._on_opened = self._on_opened, None
+        if opening.exception() is None:
+            record(opening.result())
 
     def cost_model(self, spec: str) -> CostModel:
         """The spec's cost model, traced once per recorder (the driver prices every stored trial's widths)."""
@@ -242,14 +251,17 @@ class TrialRecorder(tune.Callback):
         if key not in self._run_ids:
             config = expand_bundle(trial.config)
             tags = trial_tags(config, self.study, self.role, self.config_hash)
-            runs = self.runs  # here, on Tune's thread: opening the parent run writes the saved state
             name = f"{self.study}/{trial.trial_id}"
-            self._run_ids[key] = self._later(runs.run_for, key, name, tags, logged_params(config))
+            self._run_ids[key] = self._later(self._run_for, key, name, tags, logged_params(config))
             self._started[key] = time.monotonic()
         return self._run_ids[key]
 
+    def _run_for(self, key: str, name: str, tags: dict[str, str], params: dict[str, Any]) -> str:
+        return self.runs.run_for(key, name, tags, params)
+
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         """Open the trial's run while it trains."""
+        self._record_opened()
         if not self.guard.down:
             self._run(trial)
 
@@ -280,6 +292,7 @@ class TrialRecorder(tune.Callback):
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         """Epochs held for trials that are no longer young go out (a slow second epoch never delays the first)."""
+        self._record_opened()
         if self._held:
             now = time.monotonic()
             for key in [k for k in self._held if now - self._started[k] >= LIVE_SECONDS]:
@@ -290,6 +303,7 @@ class TrialRecorder(tune.Callback):
         for key in list(self._held):
             self._send_held(key)
         self.drain()
+        self._record_opened()
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         """A trial finished, was stopped by the scheduler, or reported a non-finite loss."""
@@ -305,7 +319,8 @@ class TrialRecorder(tune.Callback):
         config = expand_bundle(trial.config)
         last = trial.last_result or {}
         epochs = EpochJournal(self.results_root).read(key)
-        run_id = None if self.guard.down else self._run(trial).result()
+        run = None if self.guard.down else self._run(trial)
+        run_id = run.result() if run is not None and run.done() else None  # else filled in when it closes
         planned = int(last.get("epochs") or config.get("train.epochs", TrainConfig.epochs))
         trained = max((int(e["epoch"]) for e in epochs), default=0)
         status = "errored" if error else ("completed" if trained >= planned else "stopped")
@@ -387,14 +402,27 @@ class TrialRecorder(tune.Callback):
         kept = read_trial(self.results_root, key)
         if kept is not None and kept["status"] == "completed" and status != "completed":
             return  # a stored completed trial is never replaced by a worse row (a torn restore, say)
-        write_trial(
-            self.results_root,
-            row,
-            [{**e, "study": self.study, "label": row["label"], "seed": row["seed"]} for e in epochs],
-        )
+        stored = [{**e, "study": self.study, "label": row["label"], "seed": row["seed"]} for e in epochs]
+        write_trial(self.results_root, row, stored)
         held = self._held.pop(key, [])
-        if run_id is not None:
+        if run is not None:
             # with the held epochs, every journaled one MLflow may lack (sent by a driver killed before it went out)
             stamp = int(time.time() * 1000)
             journaled = [EpochMetrics(int(e["epoch"]), epoch_values(e), stamp) for e in epochs]
-            self._later(finish_run, self.runs, row, artifacts, held + journaled)
+            self._later(self._finish, row, stored, artifacts, held + journaled)
+
+    def _finish(
+        self,
+        row: dict[str, Any],
+        stored: list[dict[str, Any]],
+        artifacts: list[Path],
+        epochs: list[EpochMetrics],
+    ) -> None:
+        """On the writer thread: close the trial's run; a row stored before its run existed gets the run's id."""
+        run_id = self._run_ids[row["trial_key"]].result()  # done: queued before this call
+        if run_id is None:
+            return
+        if row["mlflow_run_id"] is None:
+            row = {**row, "mlflow_run_id": run_id}
+            write_trial(self.results_root, row, stored)
+        finish_run(self.runs, row, artifacts, epochs)
