@@ -6,6 +6,7 @@ STAMP := $(VENV)/.installed
 # two test processes, one per core; a test file stays in one process (its module fixtures start Ray once)
 PYTEST_WORKERS ?= 2
 PYTEST_ARGS ?=
+PYTEST := $(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile
 
 .PHONY: test demo lint unit fast bench venv clean
 
@@ -29,11 +30,11 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests benchmarks
 
 unit: $(STAMP)
-	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(PYTEST) $(PYTEST_ARGS)
 
 ## make fast: the suite without slow tests
 fast: $(STAMP)
-	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile -m "not slow" $(PYTEST_ARGS)
+	$(PYTEST) -m "not slow" $(PYTEST_ARGS)
 
 ## make bench: the benchmarks (figures printed as ratios against a same-run baseline)
 bench: $(STAMP)

@@ -127,8 +127,9 @@ class TrialRecorder(tune.Callback):
     """Journals each result, logs it to the trial's MLflow child run, and stores the trial when it ends.
 
     Picklable (Tune saves it with the run); its clients and caches are rebuilt after a restore. `tracking` may be
-    the parent run still opening on another thread (the sqlite store migrates while Tune starts): the first
-    MLflow call waits for it and hands it to `on_opened`; pickled before then, it reads the saved state instead.
+    the parent run still opening on another thread (the sqlite store migrates while Tune starts): the writer thread
+    waits for it, and Tune's thread hands it to `on_opened` once it is open; pickled before then, it reads the
+    saved state instead.
 
     MLflow calls run in order on one writer thread, so Tune's loop (which starts the next trial) never waits on
     the tracking store, not even for the parent run still opening; the Parquet store is written on Tune's thread.
